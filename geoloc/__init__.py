@@ -1,0 +1,1 @@
+"""geo-locate-ml: predict where a street-level photo was taken."""

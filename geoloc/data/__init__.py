@@ -1,0 +1,1 @@
+"""Manifests, the cell index, splits, the resize cache and torch datasets."""

@@ -1,0 +1,58 @@
+"""The cell index: which H3 cell each image falls in, and the integer label of each kept cell."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from geoloc.errors import GeolocError
+from geoloc.geo import cell_center, cells_of
+
+log = logging.getLogger(__name__)
+
+
+def build_index(images: pd.DataFrame, resolution: int,
+                min_images: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Label each image with its cell; drop cells with fewer than `min_images` images.
+
+    Returns (images with `cell` and `label`, cells with `label`, `cell`, `resolution`,
+    `center_lat`, `center_lon`, `n_images`), both sorted, labels 0..K-1 in cell-id order.
+    """
+    images = images.assign(cell=cells_of(images["lat"], images["lon"], resolution))
+    counts = images["cell"].value_counts()
+    kept = sorted(counts[counts >= min_images].index)
+    if not kept:
+        raise GeolocError(f"no H3 cell at resolution {resolution} holds {min_images} images "
+                         f"(index.min_images_per_cell); lower it or fetch more batches")
+    centers = [cell_center(c) for c in kept]
+    cells = pd.DataFrame({
+        "label": range(len(kept)),
+        "cell": kept,
+        "resolution": resolution,
+        "center_lat": [c[0] for c in centers],
+        "center_lon": [c[1] for c in centers],
+        "n_images": [int(counts[c]) for c in kept],
+    })
+    labelled = images.merge(cells[["cell", "label"]], on="cell", how="inner")
+    dropped = len(images) - len(labelled)
+    log.info("%d cells kept, %d images in %d smaller cells dropped",
+             len(cells), dropped, len(counts) - len(kept))
+    return labelled.sort_values("image_id").reset_index(drop=True), cells
+
+
+def data_stats(images: pd.DataFrame, cells: pd.DataFrame, n_fetched: int) -> dict:
+    """Dataset size and balance, for metrics/data.json."""
+    per_cell = cells["n_images"]
+    return {
+        "images": len(images),
+        "images_dropped_small_cells": n_fetched - len(images),
+        "sequences": int(images["sequence_id"].nunique()),
+        "cities": int(images["city"].nunique()),
+        "batches": int(images["batch"].nunique()),
+        "cells": len(cells),
+        "images_per_cell": {"min": int(per_cell.min()), "median": float(per_cell.median()),
+                            "max": int(per_cell.max())},
+        "images_per_city": images["city"].value_counts().sort_index().to_dict(),
+        "images_per_batch": images["batch"].value_counts().sort_index().to_dict(),
+    }

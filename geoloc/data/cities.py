@@ -1,0 +1,73 @@
+"""The batch city list, data/cities.csv: city,lat,lon,radius_km,batch."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from geoloc.errors import GeolocError
+
+CITIES_FILE = Path("data/cities.csv")
+COLUMNS = ["city", "lat", "lon", "radius_km", "batch"]
+BATCH_PATTERN = re.compile(r"^batch\d{2,}$")
+
+
+class CitiesError(GeolocError, ValueError):
+    """data/cities.csv is malformed; the message names the file and line."""
+
+
+def load_cities(path: Path | str = CITIES_FILE) -> pd.DataFrame:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CitiesError(f"{path}: file not found") from None
+    reader = csv.reader(text.splitlines())
+    header = next(reader, None)
+    if header != COLUMNS:
+        raise CitiesError(f"{path}:1: header must be {','.join(COLUMNS)}, got {header}")
+    rows, seen = [], {}
+    for line, fields in enumerate(reader, start=2):
+        if not fields:
+            continue
+        row = _parse_row(fields, f"{path}:{line}")
+        if row["city"] in seen:
+            raise CitiesError(f"{path}:{line}: city {row['city']!r} already on line "
+                              f"{seen[row['city']]}")
+        seen[row["city"]] = line
+        rows.append(row)
+    if not rows:
+        raise CitiesError(f"{path}: no cities")
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def cities_of_batch(cities: pd.DataFrame, batch: str) -> pd.DataFrame:
+    rows = cities[cities["batch"] == batch].reset_index(drop=True)
+    if rows.empty:
+        known = ", ".join(sorted(cities["batch"].unique()))
+        raise CitiesError(f"batch {batch!r} has no cities in {CITIES_FILE} (batches: {known})")
+    return rows
+
+
+def _parse_row(fields: list[str], where: str) -> dict:
+    if len(fields) != len(COLUMNS):
+        raise CitiesError(f"{where}: expected {len(COLUMNS)} fields, got {len(fields)}")
+    city, lat, lon, radius, batch = (f.strip() for f in fields)
+    if not city:
+        raise CitiesError(f"{where}: empty city name")
+    row = {"city": city, "batch": batch}
+    for name, text, low, high in (("lat", lat, -90, 90), ("lon", lon, -180, 180),
+                                  ("radius_km", radius, 0.1, 100)):
+        try:
+            value = float(text)
+        except ValueError:
+            raise CitiesError(f"{where}: {name} {text!r} is not a number") from None
+        if not low <= value <= high:
+            raise CitiesError(f"{where}: {name} {value} is outside [{low}, {high}]")
+        row[name] = value
+    if not BATCH_PATTERN.match(batch):
+        raise CitiesError(f"{where}: batch {batch!r} must look like batch01")
+    return row

@@ -1,0 +1,70 @@
+"""Export a trained model to TorchScript and ONNX, and check both against eager PyTorch."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import torch
+
+from geoloc.inference import predict_logits
+
+log = logging.getLogger(__name__)
+
+TORCHSCRIPT_NAME = "model.ts"
+ONNX_NAME = "model.onnx"
+CELLS_NAME = "cells.json"
+
+
+def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
+                 check_images: np.ndarray, out_dir: Path, opset: int) -> dict:
+    """Write model.ts, model.onnx and cells.json into out_dir; return sizes and parity."""
+    model.eval()
+    example = torch.from_numpy(np.ascontiguousarray(check_images[:2]))
+    with torch.no_grad():
+        torch.jit.trace(model, example).save(str(out_dir / TORCHSCRIPT_NAME))
+    torch.onnx.export(
+        model, (example,), str(out_dir / ONNX_NAME), dynamo=True, opset_version=opset,
+        input_names=["images"], output_names=["logits"], external_data=False,
+        dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
+    )
+    write_cells(cells, out_dir / CELLS_NAME)
+
+    eager = predict_logits(model, check_images)
+    figures = {
+        "image_size": image_size,
+        "num_classes": len(cells),
+        "torchscript_mb": _mb(out_dir / TORCHSCRIPT_NAME),
+        "onnx_mb": _mb(out_dir / ONNX_NAME),
+        "parity_images": len(check_images),
+    }
+    for name, logits in (("torchscript", _torchscript_logits(out_dir, check_images)),
+                         ("onnx", onnx_logits(out_dir / ONNX_NAME, check_images))):
+        figures[f"{name}_max_abs_diff"] = float(np.abs(logits - eager).max())
+        figures[f"{name}_top1_agreement"] = float(np.mean(logits.argmax(1) == eager.argmax(1)))
+    return figures
+
+
+def write_cells(cells: pd.DataFrame, path: Path) -> None:
+    records = cells[["label", "cell", "lat", "lon"]].sort_values("label").to_dict(orient="records")
+    path.write_text(json.dumps(records, indent=1) + "\n")
+
+
+def onnx_logits(path: Path, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([
+        session.run(["logits"], {"images": np.ascontiguousarray(images[i:i + batch_size])})[0]
+        for i in range(0, len(images), batch_size)
+    ])
+
+
+def _torchscript_logits(out_dir: Path, images: np.ndarray) -> np.ndarray:
+    return predict_logits(torch.jit.load(str(out_dir / TORCHSCRIPT_NAME)), images)
+
+
+def _mb(path: Path) -> float:
+    return path.stat().st_size / 1e6

@@ -1,0 +1,38 @@
+"""Distances on the sphere and H3 helpers (h3 v4 API)."""
+
+from __future__ import annotations
+
+import h3
+import numpy as np
+
+EARTH_RADIUS_KM = 6371.0
+
+
+def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
+    """Great-circle distance in km between points given in degrees; broadcasts like numpy."""
+    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, dtype=np.float64)) for v in
+                              (lat1, lon1, lat2, lon2))
+    a = (np.sin((lat2 - lat1) / 2) ** 2
+         + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2)
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+def pairwise_km(lat1, lon1, lat2, lon2) -> np.ndarray:
+    """Distance matrix (len(lat1) x len(lat2)) in km."""
+    return haversine_km(np.asarray(lat1)[:, None], np.asarray(lon1)[:, None],
+                        np.asarray(lat2)[None, :], np.asarray(lon2)[None, :])
+
+
+def cells_of(lat, lon, resolution: int) -> list[str]:
+    """H3 cell id (hex string) of each point."""
+    return [h3.latlng_to_cell(float(a), float(o), resolution)
+            for a, o in zip(lat, lon, strict=True)]
+
+
+def cell_center(cell: str) -> tuple[float, float]:
+    """(lat, lon) of the cell's centre."""
+    return h3.cell_to_latlng(cell)
+
+
+def cell_resolution(cell: str) -> int:
+    return h3.get_resolution(cell)

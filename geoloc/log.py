@@ -1,0 +1,13 @@
+"""One logging setup for stages and the CLI; the level comes from GEOLOC_LOG_LEVEL."""
+
+import logging
+import os
+
+
+def setup_logging() -> None:
+    level = os.environ.get("GEOLOC_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )

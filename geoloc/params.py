@@ -1,0 +1,212 @@
+"""Typed view of params.yaml: the one place that reads it.
+
+Every key must be present in params.yaml (it holds the defaults, and DVC tracks it), and every key
+present must be known here. A wrong key, type or value stops with one ParamsError naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from geoloc.errors import GeolocError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(GeolocError, ValueError):
+    """A params.yaml key is unknown, missing, of the wrong type or out of range."""
+
+
+def knob(*, min=None, max=None, choices=None):  # noqa: A002 - min/max read best at call sites
+    """A required field with an optional range or set of allowed values."""
+    return field(metadata={"min": min, "max": max, "choices": choices})
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    seed: int = knob(min=0)
+    sequences_per_city: int = knob(min=1, max=1000)
+    frames_min: int = knob(min=1, max=1000)
+    frames_max: int = knob(min=1, max=1000)
+    image_size: int = knob(min=32, max=4096)
+    jpeg_quality: int = knob(min=1, max=100)
+
+    def check(self, key: str) -> None:
+        if self.frames_min > self.frames_max:
+            raise ParamsError(
+                f"{key}.frames_min ({self.frames_min}) is larger than "
+                f"{key}.frames_max ({self.frames_max})"
+            )
+
+
+@dataclass(frozen=True)
+class FetchParams:
+    source: str = knob(choices=("synthetic",))
+    synthetic: SyntheticParams = knob()
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    resolution: int = knob(min=0, max=15)
+    min_images_per_cell: int = knob(min=1)
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    seed: int = knob(min=0)
+    val_fraction: float = knob(min=0.0, max=0.9)
+    test_fraction: float = knob(min=0.0, max=0.9)
+
+    def check(self, key: str) -> None:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ParamsError(
+                f"{key}.val_fraction + {key}.test_fraction must leave images for training "
+                f"(got {self.val_fraction} + {self.test_fraction})"
+            )
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    size: int = knob(min=16, max=1024)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    arch: str = knob(choices=("cnn",))
+    width: int = knob(min=4, max=512)
+    dropout: float = knob(min=0.0, max=0.9)
+
+
+@dataclass(frozen=True)
+class LossParams:
+    name: str = knob(choices=("cross_entropy",))
+    label_smoothing: float = knob(min=0.0, max=0.9)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = knob(min=0)
+    epochs: int = knob(min=1, max=10000)
+    batch_size: int = knob(min=1, max=65536)
+    lr: float = knob(min=0.0, max=10.0)
+    weight_decay: float = knob(min=0.0, max=10.0)
+    patience: int = knob(min=1)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    top_k: int = knob(min=1, max=100)
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    opset: int = knob(min=17, max=23)
+
+
+@dataclass(frozen=True)
+class Params:
+    batches: list[str] = knob()
+    fetch: FetchParams = knob()
+    index: IndexParams = knob()
+    split: SplitParams = knob()
+    cache: CacheParams = knob()
+    model: ModelParams = knob()
+    loss: LossParams = knob()
+    train: TrainParams = knob()
+    evaluate: EvaluateParams = knob()
+    export: ExportParams = knob()
+
+    def check(self, key: str) -> None:
+        if not self.batches:
+            raise ParamsError("batches: list at least one batch of data/cities.csv")
+        if len(set(self.batches)) != len(self.batches):
+            raise ParamsError(f"batches: a batch is listed twice in {self.batches}")
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: run from the project root") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw, source=str(path))
+
+
+def parse_params(raw: object, source: str = "params") -> Params:
+    try:
+        return _build(Params, raw, key="")
+    except ParamsError as exc:
+        raise ParamsError(f"{source}: {exc}") from None
+
+
+def _build(cls: type, raw: object, key: str):
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{key or 'top level'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for name in raw:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" (did you mean '{_join(key, close[0])}'?)" if close else ""
+            raise ParamsError(f"unknown key '{_join(key, name)}'{hint}")
+    values = {}
+    for name, f in known.items():
+        sub = _join(key, name)
+        if name not in raw:
+            raise ParamsError(f"missing key '{sub}'")
+        values[name] = _convert(hints[name], raw[name], sub, f.metadata)
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check(key)
+    return obj
+
+
+def _convert(hint, value, key: str, meta) -> object:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        return [_convert(item, v, f"{key}[{i}]", {}) for i, v in enumerate(value)]
+    value = _scalar(hint, value, key)
+    _check_range(value, key, meta)
+    return value
+
+
+def _scalar(hint: type, value, key: str):
+    # YAML reads 1 as int and 1.0 as float; bool is an int subclass, so reject it explicitly.
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint in (str, bool) and isinstance(value, hint):
+        return value
+    raise ParamsError(f"{key}: expected {hint.__name__}, got {value!r}")
+
+
+def _check_range(value, key: str, meta) -> None:
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise ParamsError(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}")
+    if meta.get("min") is not None and value < meta["min"]:
+        raise ParamsError(f"{key}: {value!r} is below the minimum {meta['min']}")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise ParamsError(f"{key}: {value!r} is above the maximum {meta['max']}")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else str(name)
+
+
+def as_dict(params: Params) -> dict:
+    """Plain nested dict of the params (stored inside checkpoints and exports)."""
+    return dataclasses.asdict(params)
+

@@ -1,0 +1,39 @@
+import pytest
+from conftest import ROOT
+
+from geoloc.data.cities import CitiesError, cities_of_batch, load_cities
+
+
+def test_repo_city_list():
+    cities = load_cities(ROOT / "data/cities.csv")
+    assert len(cities) == 50
+    assert cities["city"].is_unique
+    assert sorted(cities["batch"].unique()) == [f"batch{i:02d}" for i in range(1, 11)]
+    assert (cities.groupby("batch").size() == 5).all()
+    # metropolitan France and Corsica
+    assert cities["lat"].between(41.3, 51.2).all()
+    assert cities["lon"].between(-5.2, 9.6).all()
+    assert len(cities_of_batch(cities, "batch03")) == 5
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("city,lat,lon,radius_km\nParis,48.8,2.3,5\n", "cities.csv:1: header must be"),
+    ("city,lat,lon,radius_km,batch\nParis,48.8,2.3,5,batch01\nLyon,north,4.8,5,batch01\n",
+     "cities.csv:3: lat 'north' is not a number"),
+    ("city,lat,lon,radius_km,batch\nParis,98.8,2.3,5,batch01\n", "cities.csv:2: lat 98.8"),
+    ("city,lat,lon,radius_km,batch\nParis,48.8,2.3,5\n", "cities.csv:2: expected 5 fields"),
+    ("city,lat,lon,radius_km,batch\nParis,48.8,2.3,5,b1\n", "cities.csv:2: batch 'b1'"),
+    ("city,lat,lon,radius_km,batch\nParis,48.8,2.3,5,batch01\nParis,48.8,2.3,5,batch02\n",
+     "cities.csv:3: city 'Paris' already on line 2"),
+])
+def test_malformed_file_names_file_and_line(tmp_path, text, message):
+    path = tmp_path / "cities.csv"
+    path.write_text(text)
+    with pytest.raises(CitiesError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        load_cities(path)
+
+
+def test_unknown_batch():
+    cities = load_cities(ROOT / "data/cities.csv")
+    with pytest.raises(CitiesError, match="batch 'batch99' has no cities"):
+        cities_of_batch(cities, "batch99")

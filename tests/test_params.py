@@ -1,0 +1,49 @@
+import pytest
+from conftest import params_with
+
+from geoloc.params import ParamsError, load_params, parse_params
+
+
+def test_repo_params_load(default_params):
+    assert default_params.fetch.source == "synthetic"
+    assert len(default_params.batches) == 10
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"train": {"epocs": 3}}, "unknown key 'train.epocs' (did you mean 'train.epochs'?)"),
+    ({"train": {"epochs": "ten"}}, "train.epochs: expected int, got 'ten'"),
+    ({"train": {"epochs": True}}, "train.epochs: expected int, got True"),
+    ({"train": {"epochs": 0}}, "train.epochs: 0 is below the minimum 1"),
+    ({"split": {"val_fraction": 0.5, "test_fraction": 0.5}}, "split.val_fraction + "),
+    ({"fetch": {"source": "flickr"}}, "fetch.source: 'flickr' is not one of synthetic"),
+    ({"fetch": {"synthetic": {"frames_min": 9, "frames_max": 3}}},
+     "fetch.synthetic.frames_min (9) is larger than fetch.synthetic.frames_max (3)"),
+    ({"batches": []}, "batches: list at least one batch"),
+    ({"cache": 64}, "cache: expected a mapping, got int"),
+])
+def test_bad_params_name_the_key(change, message):
+    with pytest.raises(ParamsError) as info:
+        parse_params(params_with(**change), source="params.yaml")
+    assert message in str(info.value)
+    assert str(info.value).startswith("params.yaml: ")
+
+
+def test_missing_key_is_named(tmp_path):
+    raw = params_with()
+    del raw["index"]["min_images_per_cell"]
+    with pytest.raises(ParamsError, match="missing key 'index.min_images_per_cell'"):
+        parse_params(raw)
+
+
+def test_ints_are_accepted_for_floats():
+    params = parse_params(params_with(train={"lr": 1}))
+    assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
+
+
+def test_unreadable_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="is not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "missing.yaml")

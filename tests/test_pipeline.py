@@ -1,0 +1,124 @@
+"""End to end: the real `dvc repro` in a temporary git repo holding a copy of the project."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import copy_project, params_with
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "batches": ["batch01", "batch02"],
+    "fetch": {"synthetic": {"sequences_per_city": 4, "frames_min": 4, "frames_max": 8,
+                            "image_size": 64}},
+    "index": {"min_images_per_cell": 3},
+    "cache": {"size": 32},
+    "model": {"width": 4},
+    "train": {"epochs": 2, "batch_size": 32},
+}
+DATA_STAGES = ["fetch@batch01", "fetch@batch02", "index", "split", "resize_cache"]
+
+
+def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        # stage commands call `python`: make it this interpreter, importing the copied geoloc
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(cwd),
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def write_params(repo: Path, **sections) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(params_with(**sections), sort_keys=False))
+
+
+def out_hashes(repo: Path, stages: list[str]) -> dict:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {stage: [(o["path"], o["md5"]) for o in lock[stage]["outs"]] for stage in stages}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = copy_project(tmp_path_factory.mktemp("project"))
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    write_params(repo, **TINY)
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "copy"], repo)
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def test_repro_writes_every_metric(repo):
+    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    for key in ("accuracy", "top5_accuracy", "median_km", "mean_km", "p90_km",
+                "baseline_median_km"):
+        assert math.isfinite(evaluation[key]), key
+    assert evaluation["median_km"] <= evaluation["p90_km"]
+    data = json.loads((repo / "metrics/data.json").read_text())
+    fetched = sum(len(pd.read_parquet(repo / f"data/raw/{b}/manifest.parquet"))
+                  for b in TINY["batches"])
+    assert data["images"] + data["images_dropped_small_cells"] == fetched
+    assert data["cities"] == 10
+    split = json.loads((repo / "metrics/split.json").read_text())
+    assert split["shared_sequences"] == 0
+    assert split["images"]["test"] == evaluation["images"]
+    train_log = json.loads((repo / "metrics/train/metrics.json").read_text())
+    assert "val_median_km" in train_log
+    export = json.loads((repo / "metrics/export.json").read_text())
+    assert export["onnx_top1_agreement"] >= 0.999
+    assert export["onnx_max_abs_diff"] < 1e-3
+    assert export["torchscript_top1_agreement"] >= 0.999
+    assert (repo / "models/export/model.onnx").stat().st_size / 1e6 == pytest.approx(
+        export["onnx_mb"], rel=1e-3)
+    assert len(json.loads((repo / "models/export/cells.json").read_text())) == \
+        export["num_classes"]
+
+
+def test_second_repro_does_nothing(repo):
+    result = run(["dvc", "repro"], repo)
+    assert "Running stage" not in result.stdout
+    assert "Data and pipelines are up to date" in result.stdout
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+
+
+def test_forced_rerun_reproduces_the_data_hashes(repo):
+    before = out_hashes(repo, DATA_STAGES)
+    run(["dvc", "repro", "--force"], repo)
+    assert out_hashes(repo, DATA_STAGES) == before
+
+
+def test_changed_param_reruns_only_what_depends_on_it(repo):
+    write_params(repo, **{**TINY, "train": {"epochs": 3, "batch_size": 32}})
+    result = run(["dvc", "repro"], repo)
+    ran = {line.split("'")[1] for line in result.stdout.splitlines()
+           if line.startswith("Running stage")}
+    assert ran == {"train", "evaluate", "export"}
+    diff = run(["dvc", "params", "diff"], repo).stdout
+    assert "train.epochs" in diff
+
+
+def test_bad_params_stop_the_stage_with_one_message(tmp_path):
+    repo = copy_project(tmp_path)
+    write_params(repo, train={"epocs": 3})
+    result = run([sys.executable, "stages/fetch.py", "--batch", "batch01",
+                  "--out", "data/raw/batch01"], repo, check=False)
+    assert result.returncode == 2
+    assert "unknown key 'train.epocs' (did you mean 'train.epochs'?)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (repo / "data/raw").exists()
