@@ -12,12 +12,11 @@ import pandas as pd
 import torch
 
 from geoloc.inference import predict_logits
+from geoloc.predictor import CELLS_NAME, MODEL_NAME, SPEC_NAME
 
 log = logging.getLogger(__name__)
 
 TORCHSCRIPT_NAME = "model.ts"
-ONNX_NAME = "model.onnx"
-CELLS_NAME = "cells.json"
 
 
 def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
@@ -28,22 +27,26 @@ def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
     with torch.no_grad():
         torch.jit.trace(model, example).save(str(out_dir / TORCHSCRIPT_NAME))
     torch.onnx.export(
-        model, (example,), str(out_dir / ONNX_NAME), dynamo=True, opset_version=opset,
+        model, (example,), str(out_dir / MODEL_NAME), dynamo=True, opset_version=opset,
         input_names=["images"], output_names=["logits"], external_data=False,
         dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
     )
     write_cells(cells, out_dir / CELLS_NAME)
+    spec = {"image_size": image_size, "num_classes": len(cells), "opset": opset,
+            "input": "images: uint8, N x size x size x 3, RGB (resize shorter side, centre crop)",
+            "output": "logits: float32, N x num_classes (cells.json gives each label's point)"}
+    (out_dir / SPEC_NAME).write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
 
     eager = predict_logits(model, check_images)
     figures = {
         "image_size": image_size,
         "num_classes": len(cells),
         "torchscript_mb": _mb(out_dir / TORCHSCRIPT_NAME),
-        "onnx_mb": _mb(out_dir / ONNX_NAME),
+        "onnx_mb": _mb(out_dir / MODEL_NAME),
         "parity_images": len(check_images),
     }
     for name, logits in (("torchscript", _torchscript_logits(out_dir, check_images)),
-                         ("onnx", onnx_logits(out_dir / ONNX_NAME, check_images))):
+                         ("onnx", onnx_logits(out_dir / MODEL_NAME, check_images))):
         figures[f"{name}_max_abs_diff"] = float(np.abs(logits - eager).max())
         figures[f"{name}_top1_agreement"] = float(np.mean(logits.argmax(1) == eager.argmax(1)))
     return figures

@@ -97,6 +97,7 @@ class TrainParams:
     lr: float = knob(min=0.0, max=10.0)
     weight_decay: float = knob(min=0.0, max=10.0)
     patience: int = knob(min=1)
+    augment: bool = knob()
 
 
 @dataclass(frozen=True)

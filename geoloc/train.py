@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from geoloc.data.dataset import CachedImages
+from geoloc.data.dataset import CachedImages, train_augmentation
 from geoloc.inference import errors_km, predict_logits
 from geoloc.models import GeoNet
 from geoloc.params import LossParams, TrainParams
@@ -44,7 +44,9 @@ def fit(model: GeoNet, train: Split, val: Split, cells: pd.DataFrame, cfg: Train
     `live` is a DVCLive Live (or anything with log_metric and next_step).
     """
     seed_everything(cfg.seed)
-    loader = DataLoader(CachedImages(train.images, train.rows["label"].to_numpy()),
+    dataset = CachedImages(train.images, train.rows["label"].to_numpy(),
+                           train_augmentation(train.images.shape[1]) if cfg.augment else None)
+    loader = DataLoader(dataset,
                         batch_size=cfg.batch_size, shuffle=True, drop_last=False,
                         generator=torch.Generator().manual_seed(cfg.seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

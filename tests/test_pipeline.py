@@ -90,6 +90,20 @@ def test_repro_writes_every_metric(repo):
         export["num_classes"]
 
 
+def test_cli_predicts_from_the_exported_snapshot(repo):
+    cells = {c["cell"]: c for c in json.loads((repo / "models/export/cells.json").read_text())}
+    photo = next((repo / "data/raw/batch01/images").glob("*.jpg"))
+    result = run([sys.executable, "-m", "geoloc.cli", "predict", str(photo), "--json",
+                  "--top-k", "3"], repo)
+    (line,) = result.stdout.splitlines()
+    prediction = json.loads(line)
+    assert prediction["cell"] in cells
+    assert prediction["lat"] == pytest.approx(cells[prediction["cell"]]["lat"])
+    assert len(prediction["top"]) == 3
+    assert prediction["top"][0]["probability"] == pytest.approx(prediction["confidence"])
+    assert sum(t["probability"] for t in prediction["top"]) <= 1.0 + 1e-6
+
+
 def test_second_repro_does_nothing(repo):
     result = run(["dvc", "repro"], repo)
     assert "Running stage" not in result.stdout
@@ -121,4 +135,4 @@ def test_bad_params_stop_the_stage_with_one_message(tmp_path):
     assert result.returncode == 2
     assert "unknown key 'train.epocs' (did you mean 'train.epochs'?)" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (repo / "data/raw").exists()
+    assert not list((repo / "data").glob("raw/*batch01*"))

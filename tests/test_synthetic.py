@@ -1,0 +1,220 @@
+"""The embedded offline world (geoloc.sources.synthetic): determinism, schema, geometry of the
+drives and appearance that depends on where a photo was taken."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from geoloc.data.manifest import SCHEMA
+from geoloc.geo import haversine_km
+from geoloc.sources import synthetic
+
+CITIES = pd.DataFrame({
+    "city": ["Brest", "Marseille"],
+    "lat": [48.3904, 43.2965],
+    "lon": [-4.4861, 5.3698],
+    "radius_km": [4.0, 7.0],
+    "batch": ["b1", "b1"],
+})
+
+
+def small_cfg(**changes) -> SimpleNamespace:
+    cfg = dict(seed=0, sequences_per_city=2, frames_min=4, frames_max=6, image_size=64,
+               jpeg_quality=90)
+    return SimpleNamespace(**{**cfg, **changes})
+
+
+def haversine_m(lat1, lon1, lat2, lon2):
+    return 1000 * haversine_km(lat1, lon1, lat2, lon2)
+
+
+def bearing_deg(lat1, lon1, lat2, lon2):
+    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, dtype=float)) for v in
+                              (lat1, lon1, lat2, lon2))
+    y = np.sin(lon2 - lon1) * np.cos(lat2)
+    x = np.cos(lat1) * np.sin(lat2) - np.sin(lat1) * np.cos(lat2) * np.cos(lon2 - lon1)
+    return np.degrees(np.arctan2(y, x)) % 360
+
+
+def files_of(out_dir, manifest) -> dict:
+    return {p: (out_dir / p).read_bytes() for p in manifest["path"]}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    return out, synthetic.fetch(CITIES, small_cfg(), "b1", out)
+
+
+def test_manifest_schema(world):
+    _, df = world
+    assert list(df.columns) == list(SCHEMA)
+    for column in ("image_id", "sequence_id", "creator", "source", "city", "batch", "path"):
+        assert pd.api.types.is_string_dtype(df[column]), column
+    for column in ("lat", "lon"):
+        assert df[column].dtype == np.float64, column
+    assert df["compass_angle"].dtype == "Float64"
+    for column in ("captured_at", "width", "height"):
+        assert df[column].dtype == np.int64, column
+    assert df["image_id"].is_unique
+    assert df["image_id"].is_monotonic_increasing
+    assert df.index.equals(pd.RangeIndex(len(df)))
+    assert (df["source"] == "synthetic").all() and (df["batch"] == "b1").all()
+    assert set(df["city"]) == set(CITIES["city"])
+    assert df["image_id"].str.fullmatch(r"\d{16}").all()
+    assert df["sequence_id"].str.fullmatch(r"[0-9A-Za-z]{22}").all()
+    assert (df["path"] == "images/" + df["image_id"] + ".jpg").all()
+    assert df["compass_angle"].between(0, 360, inclusive="left").all()
+    assert (df["width"] == 64).all() and (df["height"] == 48).all()   # 4:3 landscape
+
+
+def test_images_are_jpegs_of_the_declared_size(world):
+    out, df = world
+    for row in df.itertuples():
+        with Image.open(out / row.path) as image:
+            assert image.format == "JPEG" and image.mode == "RGB"
+            assert image.size == (row.width, row.height)
+    # atomic writes leave no temporary files behind
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(
+        df["path"].str.removeprefix("images/"))
+
+
+def test_sequences_per_city_and_frame_counts(world):
+    _, df = world
+    assert (df.groupby("city")["sequence_id"].nunique() == 2).all()
+    assert df.groupby("sequence_id").size().between(4, 6).all()
+    assert df.groupby("sequence_id")["city"].nunique().eq(1).all()
+    assert df.groupby("sequence_id")["creator"].nunique().eq(1).all()
+    assert df["creator"].str.fullmatch(r"user_[0-9a-f]{6}").all()
+
+
+def test_positions_stay_within_the_city_radius(world):
+    _, df = world
+    centres = df.merge(CITIES, on="city", suffixes=("", "_c"))
+    dist = haversine_m(centres["lat"], centres["lon"], centres["lat_c"], centres["lon_c"])
+    assert (dist <= centres["radius_km"] * 1000).all()
+
+
+def test_drives_are_continuous_and_timed(world):
+    _, df = world
+    for _, seq in df.sort_values("captured_at").groupby("sequence_id"):
+        lat, lon = seq["lat"].to_numpy(), seq["lon"].to_numpy()
+        steps = haversine_m(lat[:-1], lon[:-1], lat[1:], lon[1:])
+        assert ((steps >= 5) & (steps <= 30)).all(), steps
+        times = seq["captured_at"].to_numpy()
+        assert (np.diff(times) > 0).all()
+        assert (times > 1_420_070_400_000).all() and (times < 1_767_225_600_000).all()
+
+
+def test_compass_angle_follows_the_drive(world):
+    _, df = world
+    errors = []
+    for _, seq in df.sort_values("captured_at").groupby("sequence_id"):
+        lat, lon = seq["lat"].to_numpy(), seq["lon"].to_numpy()
+        moved = bearing_deg(lat[:-1], lon[:-1], lat[1:], lon[1:])
+        diff = (seq["compass_angle"].to_numpy()[1:] - moved + 180) % 360 - 180
+        errors.extend(np.abs(diff))
+    # turns at corners and U-turns give large errors on a few frames only
+    assert np.median(errors) < 15
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    a, b, c = (tmp_path / name for name in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    first = synthetic.fetch(CITIES, small_cfg(), "b1", a)
+    second = synthetic.fetch(CITIES, small_cfg(), "b1", b)
+    pd.testing.assert_frame_equal(first, second)
+    assert files_of(a, first) == files_of(b, second)
+
+    other = synthetic.fetch(CITIES, small_cfg(seed=1), "b1", c)
+    assert set(other["image_id"]).isdisjoint(first["image_id"])
+    assert set(files_of(c, other).values()).isdisjoint(files_of(a, first).values())
+
+
+def test_a_city_does_not_depend_on_the_rest_of_its_batch(tmp_path):
+    alone, together = tmp_path / "alone", tmp_path / "together"
+    alone.mkdir()
+    together.mkdir()
+    lorient = pd.DataFrame({"city": ["Lorient"], "lat": [47.7485], "lon": [-3.3702],
+                            "radius_km": [3.0], "batch": ["b1"]})
+    solo = synthetic.fetch(CITIES.iloc[[1]], small_cfg(), "b1", alone)
+    # Marseille first alone, then last of three
+    both = synthetic.fetch(pd.concat([lorient, CITIES], ignore_index=True), small_cfg(), "b1",
+                           together)
+    marseille = both[both["city"] == "Marseille"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(solo, marseille)
+    assert files_of(alone, solo) == files_of(together, marseille)
+
+
+def test_ids_are_unique_across_cities_and_sequences(tmp_path):
+    many = pd.DataFrame({"city": [f"Town {i}" for i in range(6)], "lat": 47.0,
+                         "lon": np.linspace(0, 5, 6), "radius_km": 2.0, "batch": "b"})
+    df = synthetic.fetch(many, small_cfg(frames_min=1, frames_max=3, image_size=32), "b",
+                         tmp_path)
+    assert df["image_id"].is_unique
+    assert df.groupby("sequence_id")["city"].nunique().eq(1).all()
+    assert df["sequence_id"].nunique() == 12
+
+
+def test_empty_batch_gives_an_empty_manifest(tmp_path):
+    df = synthetic.fetch(CITIES.iloc[:0], small_cfg(), "b1", tmp_path)
+    assert df.empty and list(df.columns) == list(SCHEMA)
+    assert (tmp_path / "images").is_dir()
+
+
+def test_bad_settings_and_duplicate_cities_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="frames_min"):
+        synthetic.fetch(CITIES, small_cfg(frames_min=7, frames_max=6), "b1", tmp_path)
+    with pytest.raises(ValueError, match="duplicate"):
+        synthetic.fetch(pd.concat([CITIES, CITIES]), small_cfg(), "b1", tmp_path)
+
+
+@pytest.mark.parametrize(("lat", "lon", "region"), [
+    (48.8566, 2.3522, "north"),       # Paris
+    (50.6292, 3.0573, "north"),       # Lille
+    (43.2965, 5.3698, "south"),       # Marseille
+    (43.6047, 1.4442, "south"),       # Toulouse
+    (48.3904, -4.4861, "coast"),      # Brest
+    (49.1829, -0.3707, "coast"),      # Caen
+    (45.1885, 5.7245, "mountains"),   # Grenoble
+    (45.7772, 3.0870, "mountains"),   # Clermont-Ferrand
+    (43.2951, -0.3708, "mountains"),  # Pau
+])
+def test_regions(lat, lon, region):
+    assert synthetic._region(lat, lon) == region
+
+
+def colour_stats(out_dir, paths) -> np.ndarray:
+    """Mean and spread of each channel, per image: (n, 6)."""
+    stats = []
+    for p in paths:
+        x = np.asarray(Image.open(out_dir / p), dtype=float) / 255
+        stats.append(np.concatenate([x.mean((0, 1)), x.std((0, 1))]))
+    return np.array(stats)
+
+
+def test_appearance_depends_on_position(world):
+    out, df = world
+    df = df.sort_values("captured_at")
+    by_city = {c: colour_stats(out, g["path"]) for c, g in df.groupby("city")}
+    between_cities = np.linalg.norm(by_city["Brest"].mean(0) - by_city["Marseille"].mean(0))
+    within_sequence = np.median([
+        np.linalg.norm(np.diff(colour_stats(out, g["path"]), axis=0), axis=1).mean()
+        for _, g in df.groupby("sequence_id")])
+    assert between_cities > 1.5 * within_sequence
+
+
+def test_neighbourhood_fields_are_smooth_and_bounded():
+    city = synthetic._make_city(CITIES.iloc[0], seed=0)
+    x = np.linspace(0, 3000, 301)
+    fields = synthetic._fields(city, np.stack([x, np.zeros_like(x)], axis=1))
+    assert fields.shape == (301, synthetic.N_FIELDS)
+    assert np.abs(fields).max() < 1
+    # 10 m apart: nearly the same value; along 3 km of street: clearly varying
+    for f in fields.T:
+        assert np.corrcoef(f[:-1], f[1:])[0, 1] > 0.95
+    assert (fields.max(0) - fields.min(0)).min() > 0.5
