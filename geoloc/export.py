@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +25,12 @@ def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
                  check_images: np.ndarray, out_dir: Path, opset: int) -> dict:
     """Write model.ts, model.onnx and cells.json into out_dir; return sizes and parity."""
     model.eval()
-    example = torch.from_numpy(np.ascontiguousarray(check_images[:2]))
-    with torch.no_grad():
+    example = torch.from_numpy(np.array(check_images[:2]))
+    with torch.no_grad(), _torchscript_deprecation_quiet():
         torch.jit.trace(model, example).save(str(out_dir / TORCHSCRIPT_NAME))
     torch.onnx.export(
         model, (example,), str(out_dir / MODEL_NAME), dynamo=True, opset_version=opset,
+        verbose=False,
         input_names=["images"], output_names=["logits"], external_data=False,
         dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
     )
@@ -66,7 +69,17 @@ def onnx_logits(path: Path, images: np.ndarray, batch_size: int = 256) -> np.nda
 
 
 def _torchscript_logits(out_dir: Path, images: np.ndarray) -> np.ndarray:
-    return predict_logits(torch.jit.load(str(out_dir / TORCHSCRIPT_NAME)), images)
+    with _torchscript_deprecation_quiet():
+        model = torch.jit.load(str(out_dir / TORCHSCRIPT_NAME))
+    return predict_logits(model, images)
+
+
+@contextlib.contextmanager
+def _torchscript_deprecation_quiet():
+    """TorchScript is deprecated upstream but still what C++ and mobile runtimes load."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+        yield
 
 
 def _mb(path: Path) -> float:

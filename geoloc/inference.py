@@ -13,7 +13,8 @@ from geoloc.geo import haversine_km
 def predict_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits for uint8 images (N x S x S x 3), in batches so memory stays bounded."""
     model.eval()
-    out = [model(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))).numpy()
+    # np.array copies the batch out of the read-only memory map torch cannot wrap.
+    out = [model(torch.from_numpy(np.array(images[i:i + batch_size]))).numpy()
            for i in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 

@@ -11,3 +11,6 @@ def setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # The ONNX exporter narrates each optimisation pass at INFO.
+    for chatty in ("onnx_ir", "onnxscript"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
