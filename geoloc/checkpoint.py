@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -25,8 +26,12 @@ def save_checkpoint(path: Path | str, model: GeoNet, cells: pd.DataFrame, *, arc
         "params": params,
         "summary": summary,
     }
+    # Through a buffer: torch.save names the zip's folder after the file, and the temporary
+    # name would make each run's bytes differ.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
     with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_checkpoint(path: Path | str) -> tuple[GeoNet, pd.DataFrame, dict]:

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pandas as pd
 import torch
@@ -34,6 +35,7 @@ def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
         input_names=["images"], output_names=["logits"], external_data=False,
         dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
     )
+    _strip_stack_traces(out_dir / MODEL_NAME)
     write_cells(cells, out_dir / CELLS_NAME)
     spec = {"image_size": image_size, "num_classes": len(cells), "opset": opset,
             "input": "images: uint8, N x size x size x 3, RGB (resize shorter side, centre crop)",
@@ -53,6 +55,15 @@ def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
         figures[f"{name}_max_abs_diff"] = float(np.abs(logits - eager).max())
         figures[f"{name}_top1_agreement"] = float(np.mean(logits.argmax(1) == eager.argmax(1)))
     return figures
+
+
+def _strip_stack_traces(path: Path) -> None:
+    """Drop the exporter's per-node stack traces: they hold this checkout's absolute paths,
+    so the same model exported from two clones would differ byte for byte."""
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.save(model, str(path))
 
 
 def write_cells(cells: pd.DataFrame, path: Path) -> None:

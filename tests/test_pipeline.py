@@ -23,7 +23,8 @@ TINY = {
     "model": {"width": 4},
     "train": {"epochs": 2, "batch_size": 32},
 }
-DATA_STAGES = ["fetch@batch01", "fetch@batch02", "index", "split", "resize_cache"]
+REPRODUCIBLE_STAGES = ["fetch@batch01", "fetch@batch02", "index", "split", "resize_cache",
+                       "train", "evaluate"]
 
 
 def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -111,10 +112,12 @@ def test_second_repro_does_nothing(repo):
     assert "up to date" in run(["dvc", "status"], repo).stdout
 
 
-def test_forced_rerun_reproduces_the_data_hashes(repo):
-    before = out_hashes(repo, DATA_STAGES)
+def test_forced_rerun_reproduces_the_hashes(repo):
+    before = out_hashes(repo, REPRODUCIBLE_STAGES)
+    onnx_before = (repo / "models/export/model.onnx").read_bytes()
     run(["dvc", "repro", "--force"], repo)
-    assert out_hashes(repo, DATA_STAGES) == before
+    assert out_hashes(repo, REPRODUCIBLE_STAGES) == before
+    assert (repo / "models/export/model.onnx").read_bytes() == onnx_before
 
 
 def test_changed_param_reruns_only_what_depends_on_it(repo):
