@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 from conftest import params_with
 
@@ -47,3 +49,15 @@ def test_unreadable_file(tmp_path):
         load_params(bad)
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "missing.yaml")
+
+
+def test_choices_match_the_registries():
+    from geoloc.models import BACKBONES
+    from geoloc.params import FetchParams, ModelParams
+    from geoloc.sources import SOURCES
+
+    def choices(cls, name):
+        return {f.name: f for f in dataclasses.fields(cls)}[name].metadata["choices"]
+
+    assert set(choices(FetchParams, "source")) == set(SOURCES)
+    assert set(choices(ModelParams, "arch")) == set(BACKBONES)
