@@ -4,7 +4,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from geoloc.data.cells import build_index, data_stats
+from geoloc.data.cells import build_index, data_stats, write_index
 from geoloc.data.manifest import read_batches
 from geoloc.io import atomic_dir, write_json
 from geoloc.params import load_params
@@ -24,8 +24,7 @@ def main() -> None:
     fetched = read_batches(Path(args.raw), params.batches)
     images, cells = build_index(fetched, params.index.resolution, params.index.min_images_per_cell)
     with atomic_dir(args.out) as tmp:
-        images.to_parquet(tmp / "images.parquet", index=False)
-        cells.to_parquet(tmp / "cells.parquet", index=False)
+        write_index(images, cells, tmp)
     write_json(data_stats(images, cells, len(fetched)), args.metrics)
     log.info("%d images in %d cells", len(images), len(cells))
 

@@ -3,8 +3,7 @@
 import argparse
 import logging
 
-import pandas as pd
-
+from geoloc.data.cells import load_index
 from geoloc.data.splits import make_splits, write_splits
 from geoloc.io import atomic_dir, write_json
 from geoloc.params import load_params
@@ -21,8 +20,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_params().split
-    images = pd.read_parquet(f"{args.index}/images.parquet")
-    cells = pd.read_parquet(f"{args.index}/cells.parquet")
+    images, cells = load_index(args.index)
     frames, cells, audit = make_splits(images, cells, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     with atomic_dir(args.out) as tmp:
         write_splits(frames, cells, tmp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pandas as pd
 
@@ -10,6 +11,9 @@ from geoloc.errors import GeolocError
 from geoloc.geo import cell_center, cells_of
 
 log = logging.getLogger(__name__)
+
+IMAGES_NAME = "images.parquet"
+CELLS_NAME = "cells.parquet"
 
 
 def build_index(images: pd.DataFrame, resolution: int,
@@ -56,3 +60,17 @@ def data_stats(images: pd.DataFrame, cells: pd.DataFrame, n_fetched: int) -> dic
         "images_per_city": images["city"].value_counts().sort_index().to_dict(),
         "images_per_batch": images["batch"].value_counts().sort_index().to_dict(),
     }
+
+
+def write_index(images: pd.DataFrame, cells: pd.DataFrame, out_dir: Path) -> None:
+    images.to_parquet(out_dir / IMAGES_NAME, index=False)
+    cells.to_parquet(out_dir / CELLS_NAME, index=False)
+
+
+def load_index(index_dir: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(images, cells) as the index stage wrote them."""
+    paths = [Path(index_dir) / name for name in (IMAGES_NAME, CELLS_NAME)]
+    for path in paths:
+        if not path.exists():
+            raise GeolocError(f"{path} not found: run the index stage")
+    return pd.read_parquet(paths[0]), pd.read_parquet(paths[1])
