@@ -23,9 +23,17 @@ def main(argv: list[str] | None = None) -> int:
                          help="exported snapshot folder (default: models/export)")
     predict.add_argument("--top-k", type=int, default=5)
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    purge = commands.add_parser(
+        "purge", help="free the disk taken by raw JPEGs of batches already in the resize cache",
+        description="Lists (dry run, the default) or deletes the raw JPEGs of batches whose "
+                    "images are in the resize cache: in data/raw/<batch>/images, in the "
+                    "download store and in DVC's cache.")
+    purge.add_argument("batches", nargs="*", help="batches to purge (default: every batch of "
+                                                  "params.yaml that is in the resize cache)")
+    purge.add_argument("--delete", action="store_true", help="delete (default: list only)")
     args = parser.parse_args(argv)
     try:
-        return _predict(args)
+        return {"predict": _predict, "purge": _purge}[args.command](args)
     except GeolocError as exc:
         print(f"geoloc: error: {exc}", file=sys.stderr)
         return 2
@@ -54,6 +62,34 @@ def _predict(args) -> int:
             print(f"{str(path):40} {prediction.lat:9.5f} {prediction.lon:9.5f} "
                   f"{prediction.cell:16} {prediction.confidence:10.3f}")
     return 1 if failed else 0
+
+
+def _purge(args) -> int:
+    from dvc.repo import Repo
+
+    from geoloc import purge
+    from geoloc.params import load_params
+
+    params = load_params()
+    paths = {"raw": Path("data/raw"), "index": Path("data/index"), "splits": Path("data/splits"),
+             "cache": Path("data/cache"), "store": Path("data/downloads")}
+    batches = args.batches or sorted(
+        set(params.batches) & purge.cached_batches(paths["index"], paths["splits"],
+                                                   paths["cache"], params.cache.size))
+    plan = purge.plan(batches, size=params.cache.size, lock=Path("dvc.lock"),
+                      dvc_cache=Path(Repo(".").cache.local.path), **paths)
+    print(f"{'batch':10} {'files':>8} {'MB':>10}")
+    for item in plan:
+        print(f"{item.batch:10} {len(item.files):8d} {item.bytes / 1e6:10.1f}")
+    print(f"{'total':10} {sum(len(p.files) for p in plan):8d} "
+          f"{sum(p.bytes for p in plan) / 1e6:10.1f}")
+    if not args.delete:
+        print("dry run: nothing was deleted; add --delete to remove these files")
+        return 0
+    purge.execute(plan)
+    print("deleted. `dvc status` now lists these batches' raw folders as changed, and a "
+          "`dvc repro` fetches them again; after a `dvc push`, `dvc pull` restores them instead")
+    return 0
 
 
 def _image_paths(paths: list[Path]) -> list[Path]:

@@ -7,7 +7,9 @@ present must be known here. A wrong key, type or value stops with one ParamsErro
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +48,44 @@ class SyntheticParams:
 
 
 @dataclass(frozen=True)
+class MapillaryParams:
+    graph_url: str = knob()
+    thumbnail: int = knob(choices=(256, 1024, 2048))
+    skip_panoramas: bool = knob()
+    start_date: str | None = knob()
+    end_date: str | None = knob()
+    max_images_per_city: int = knob(min=1)
+    max_images_per_sequence: int = knob(min=1)
+    box_deg: float = knob(min=0.0005, max=0.01)
+    search_limit: int = knob(min=10, max=2000)
+    concurrency: int = knob(min=1, max=64)
+    requests_per_second: float = knob(min=0.1, max=10000.0)
+    max_tries: int = knob(min=1, max=20)
+    max_retry_s: float = knob(min=0.0, max=86400.0)
+    timeout_s: float = knob(min=0.1, max=600.0)
+
+    def check(self, key: str) -> None:
+        if not self.graph_url.startswith(("http://", "https://")):
+            raise ParamsError(f"{key}.graph_url: expected an http(s) URL, got {self.graph_url!r}")
+        start, end = (_iso_date(f"{key}.{name}", getattr(self, name))
+                      for name in ("start_date", "end_date"))
+        if start and end and start > end:
+            raise ParamsError(f"{key}.start_date ({start}) is after {key}.end_date ({end})")
+
+
+@dataclass(frozen=True)
+class LocalParams:
+    folder: str = knob()
+    csv: str | None = knob()
+
+
+@dataclass(frozen=True)
 class FetchParams:
-    source: str = knob(choices=("synthetic",))
+    source: str = knob(choices=("synthetic", "mapillary", "local"))
+    max_disk_gb: float = knob(min=0.001)
     synthetic: SyntheticParams = knob()
+    mapillary: MapillaryParams = knob()
+    local: LocalParams = knob()
 
 
 @dataclass(frozen=True)
@@ -171,6 +208,10 @@ def _build(cls: type, raw: object, key: str):
 
 
 def _convert(hint, value, key: str, meta) -> object:
+    if isinstance(hint, types.UnionType):  # `X | None`: an optional value, null in YAML
+        if value is None:
+            return None
+        (hint,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if typing.get_origin(hint) is list:
@@ -196,11 +237,21 @@ def _scalar(hint: type, value, key: str):
 
 def _check_range(value, key: str, meta) -> None:
     if meta.get("choices") is not None and value not in meta["choices"]:
-        raise ParamsError(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}")
+        allowed = ", ".join(str(c) for c in meta["choices"])
+        raise ParamsError(f"{key}: {value!r} is not one of {allowed}")
     if meta.get("min") is not None and value < meta["min"]:
         raise ParamsError(f"{key}: {value!r} is below the minimum {meta['min']}")
     if meta.get("max") is not None and value > meta["max"]:
         raise ParamsError(f"{key}: {value!r} is above the maximum {meta['max']}")
+
+
+def _iso_date(key: str, value: str | None) -> datetime.date | None:
+    if value is None:
+        return None
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise ParamsError(f"{key}: expected a date like 2020-01-31, got {value!r}") from None
 
 
 def _join(prefix: str, name: str) -> str:

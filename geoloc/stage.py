@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from collections.abc import Callable
@@ -19,3 +20,14 @@ def run_stage(main: Callable[[], None]) -> None:
     except GeolocError as exc:
         log.error("%s", exc)
         sys.exit(2)
+    except OSError as exc:  # an unwritable folder, a full disk: the user's to fix, no traceback
+        log.error("%s", describe_os_error(exc))
+        sys.exit(2)
+
+
+def describe_os_error(exc: OSError) -> str:
+    where = exc.filename or "a file"
+    if exc.errno == errno.ENOSPC:
+        return (f"no space left on the device while writing {where}: free some space (see "
+                f"`geoloc purge`) or lower fetch.max_disk_gb, then run the stage again")
+    return f"{exc.strerror or exc}: {where}"

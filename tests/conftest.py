@@ -50,3 +50,13 @@ def copy_project(dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     return dest
+
+
+def fetch_run(out_dir: Path, batch: str = "batch01", store_dir: Path | None = None,
+              max_gb: float = 1.0):
+    """A FetchRun writing the batch into out_dir, its downloads beside it."""
+    from geoloc.sources.run import DiskBudget, FetchRun
+
+    store_dir = store_dir or Path(out_dir).parent / "downloads"
+    return FetchRun(batch=batch, out_dir=Path(out_dir), store_dir=store_dir,
+                    budget=DiskBudget(store_dir, max_gb))

@@ -21,6 +21,15 @@ def test_repo_params_load(default_params):
     ({"fetch": {"synthetic": {"frames_min": 9, "frames_max": 3}}},
      "fetch.synthetic.frames_min (9) is larger than fetch.synthetic.frames_max (3)"),
     ({"batches": []}, "batches: list at least one batch"),
+    ({"fetch": {"mapillary": {"start_date": "2020-13-01"}}},
+     "fetch.mapillary.start_date: expected a date like 2020-01-31, got '2020-13-01'"),
+    ({"fetch": {"mapillary": {"start_date": "2021-01-01", "end_date": "2020-01-01"}}},
+     "fetch.mapillary.start_date (2021-01-01) is after fetch.mapillary.end_date (2020-01-01)"),
+    ({"fetch": {"mapillary": {"thumbnail": 512}}},
+     "fetch.mapillary.thumbnail: 512 is not one of 256, 1024, 2048"),
+    ({"fetch": {"mapillary": {"graph_url": "graph.mapillary.com"}}},
+     "fetch.mapillary.graph_url: expected an http(s) URL"),
+    ({"fetch": {"mapillary": {"box_deg": 0.02}}}, "fetch.mapillary.box_deg: 0.02 is above"),
     ({"cache": 64}, "cache: expected a mapping, got int"),
 ])
 def test_bad_params_name_the_key(change, message):
@@ -35,6 +44,14 @@ def test_missing_key_is_named(tmp_path):
     del raw["index"]["min_images_per_cell"]
     with pytest.raises(ParamsError, match="missing key 'index.min_images_per_cell'"):
         parse_params(raw)
+
+
+def test_optional_values_take_null_or_their_type():
+    params = parse_params(params_with(fetch={"local": {"csv": "photos.csv"}}))
+    assert params.fetch.local.csv == "photos.csv"
+    assert parse_params(params_with()).fetch.mapillary.start_date is None
+    with pytest.raises(ParamsError, match="fetch.local.csv: expected str, got 3"):
+        parse_params(params_with(fetch={"local": {"csv": 3}}))
 
 
 def test_ints_are_accepted_for_floats():

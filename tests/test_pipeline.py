@@ -49,8 +49,10 @@ def write_params(repo: Path, **sections) -> None:
 
 
 def out_hashes(repo: Path, stages: list[str]) -> dict:
+    """The hashes of the stages' outputs, but for metrics/fetch/*, which record seconds taken."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    return {stage: [(o["path"], o["md5"]) for o in lock[stage]["outs"]] for stage in stages}
+    return {stage: [(o["path"], o["md5"]) for o in lock[stage]["outs"]
+                    if not o["path"].startswith("metrics/fetch/")] for stage in stages}
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +136,36 @@ def test_bad_params_stop_the_stage_with_one_message(tmp_path):
     repo = copy_project(tmp_path)
     write_params(repo, train={"epocs": 3})
     result = run([sys.executable, "stages/fetch.py", "--batch", "batch01",
-                  "--out", "data/raw/batch01"], repo, check=False)
+                  "--out", "data/raw/batch01", "--metrics", "metrics/fetch/batch01.json"],
+                 repo, check=False)
     assert result.returncode == 2
     assert "unknown key 'train.epocs' (did you mean 'train.epochs'?)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list((repo / "data").glob("raw/*batch01*"))
+
+
+def test_purge_frees_raw_jpegs_of_cached_batches(repo):
+    """Last in this module: it deletes data the tests above read."""
+    images = sorted((repo / "data/raw/batch01/images").glob("*.jpg"))
+    listing = next(o["md5"] for o in yaml.safe_load((repo / "dvc.lock").read_text())
+                   ["stages"]["fetch@batch01"]["outs"] if o["path"] == "data/raw/batch01")
+    cache = repo / ".dvc/cache/files/md5"
+    objects = [cache / e["md5"][:2] / e["md5"][2:]
+               for e in json.loads((cache / listing[:2] / listing[2:]).read_text())
+               if e["relpath"].startswith("images/")]
+    expected_mb = sum(p.stat().st_size for p in images + objects) / 1e6
+
+    listed = run([sys.executable, "-m", "geoloc.cli", "purge", "batch01"], repo).stdout
+    assert "dry run" in listed and all(p.exists() for p in images + objects)
+    row = next(line.split() for line in listed.splitlines() if line.startswith("batch01"))
+    assert row == ["batch01", str(len(images) + len(objects)), f"{expected_mb:.1f}"]
+
+    run([sys.executable, "-m", "geoloc.cli", "purge", "batch01", "--delete"], repo)
+    assert not any(p.exists() for p in images + objects)
+    assert (repo / "data/raw/batch01/manifest.parquet").exists()
+    assert list((repo / "data/raw/batch02/images").glob("*.jpg"))
+    assert "data/raw/batch01" in run(["dvc", "status"], repo).stdout
+
+    write_params(repo, **{**TINY, "cache": {"size": 24}})
+    refused = run([sys.executable, "-m", "geoloc.cli", "purge", "batch02"], repo, check=False)
+    assert refused.returncode == 2 and "not in the resize cache" in refused.stderr

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import fetch_run
 from PIL import Image
 
 from geoloc.data.manifest import SCHEMA
@@ -46,7 +47,7 @@ def files_of(out_dir, manifest) -> dict:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
-    return out, synthetic.fetch(CITIES, small_cfg(), "b1", out)
+    return out, synthetic.fetch(CITIES, small_cfg(), fetch_run(out, "b1"))
 
 
 def test_manifest_schema(world):
@@ -125,12 +126,12 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     a, b, c = (tmp_path / name for name in "abc")
     for d in (a, b, c):
         d.mkdir()
-    first = synthetic.fetch(CITIES, small_cfg(), "b1", a)
-    second = synthetic.fetch(CITIES, small_cfg(), "b1", b)
+    first = synthetic.fetch(CITIES, small_cfg(), fetch_run(a, "b1"))
+    second = synthetic.fetch(CITIES, small_cfg(), fetch_run(b, "b1"))
     pd.testing.assert_frame_equal(first, second)
     assert files_of(a, first) == files_of(b, second)
 
-    other = synthetic.fetch(CITIES, small_cfg(seed=1), "b1", c)
+    other = synthetic.fetch(CITIES, small_cfg(seed=1), fetch_run(c, "b1"))
     assert set(other["image_id"]).isdisjoint(first["image_id"])
     assert set(files_of(c, other).values()).isdisjoint(files_of(a, first).values())
 
@@ -141,10 +142,10 @@ def test_a_city_does_not_depend_on_the_rest_of_its_batch(tmp_path):
     together.mkdir()
     lorient = pd.DataFrame({"city": ["Lorient"], "lat": [47.7485], "lon": [-3.3702],
                             "radius_km": [3.0], "batch": ["b1"]})
-    solo = synthetic.fetch(CITIES.iloc[[1]], small_cfg(), "b1", alone)
+    solo = synthetic.fetch(CITIES.iloc[[1]], small_cfg(), fetch_run(alone, "b1"))
     # Marseille first alone, then last of three
-    both = synthetic.fetch(pd.concat([lorient, CITIES], ignore_index=True), small_cfg(), "b1",
-                           together)
+    both = synthetic.fetch(pd.concat([lorient, CITIES], ignore_index=True), small_cfg(),
+                           fetch_run(together, "b1"))
     marseille = both[both["city"] == "Marseille"].reset_index(drop=True)
     pd.testing.assert_frame_equal(solo, marseille)
     assert files_of(alone, solo) == files_of(together, marseille)
@@ -153,24 +154,24 @@ def test_a_city_does_not_depend_on_the_rest_of_its_batch(tmp_path):
 def test_ids_are_unique_across_cities_and_sequences(tmp_path):
     many = pd.DataFrame({"city": [f"Town {i}" for i in range(6)], "lat": 47.0,
                          "lon": np.linspace(0, 5, 6), "radius_km": 2.0, "batch": "b"})
-    df = synthetic.fetch(many, small_cfg(frames_min=1, frames_max=3, image_size=32), "b",
-                         tmp_path)
+    df = synthetic.fetch(many, small_cfg(frames_min=1, frames_max=3, image_size=32),
+                         fetch_run(tmp_path, "b"))
     assert df["image_id"].is_unique
     assert df.groupby("sequence_id")["city"].nunique().eq(1).all()
     assert df["sequence_id"].nunique() == 12
 
 
 def test_empty_batch_gives_an_empty_manifest(tmp_path):
-    df = synthetic.fetch(CITIES.iloc[:0], small_cfg(), "b1", tmp_path)
+    df = synthetic.fetch(CITIES.iloc[:0], small_cfg(), fetch_run(tmp_path, "b1"))
     assert df.empty and list(df.columns) == list(SCHEMA)
     assert (tmp_path / "images").is_dir()
 
 
 def test_bad_settings_and_duplicate_cities_are_refused(tmp_path):
     with pytest.raises(ValueError, match="frames_min"):
-        synthetic.fetch(CITIES, small_cfg(frames_min=7, frames_max=6), "b1", tmp_path)
+        synthetic.fetch(CITIES, small_cfg(frames_min=7, frames_max=6), fetch_run(tmp_path, "b1"))
     with pytest.raises(ValueError, match="duplicate"):
-        synthetic.fetch(pd.concat([CITIES, CITIES]), small_cfg(), "b1", tmp_path)
+        synthetic.fetch(pd.concat([CITIES, CITIES]), small_cfg(), fetch_run(tmp_path, "b1"))
 
 
 @pytest.mark.parametrize(("lat", "lon", "region"), [

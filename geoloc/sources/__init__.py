@@ -1,22 +1,22 @@
-"""Where images come from. Every source writes JPEGs under a batch folder and returns manifest
-rows with the columns of geoloc.data.manifest.SCHEMA. A source's settings live in the params
-section named after it (fetch.synthetic, ...)."""
+"""Where images come from. Every source writes JPEGs under the batch folder's images/ and returns
+manifest rows with the columns of geoloc.data.manifest.SCHEMA. A source's settings live in the
+params section named after it (fetch.synthetic, fetch.mapillary, fetch.local)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pandas as pd
 
 from geoloc.params import FetchParams
-from geoloc.sources import synthetic
+from geoloc.sources import local, mapillary, synthetic
+from geoloc.sources.run import FetchRun
 
 SOURCES = {
     "synthetic": synthetic.fetch,
+    "mapillary": mapillary.fetch,
+    "local": local.fetch,
 }
 
 
-def fetch_batch(cities: pd.DataFrame, cfg: FetchParams, batch: str,
-                out_dir: Path) -> pd.DataFrame:
-    """Fetch the images of one batch's cities into out_dir with the source named in params."""
-    return SOURCES[cfg.source](cities, getattr(cfg, cfg.source), batch, out_dir)
+def fetch_batch(cities: pd.DataFrame, cfg: FetchParams, run: FetchRun) -> pd.DataFrame:
+    """Fetch the images of one batch's cities with the source named in params."""
+    return SOURCES[cfg.source](cities, getattr(cfg, cfg.source), run)

@@ -45,6 +45,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from geoloc.data.manifest import SCHEMA, conform
 from geoloc.io import atomic_path
+from geoloc.sources.run import FetchRun
 
 log = logging.getLogger(__name__)
 
@@ -158,18 +159,17 @@ ACCENT_COLOURS = np.array([
 ])
 
 
-def fetch(cities: pd.DataFrame, cfg, batch: str, out_dir: Path) -> pd.DataFrame:
-    """Render every city of `cities` (the rows of one batch) into out_dir/images/<image_id>.jpg
-    and return the manifest rows (one per image)."""
+def fetch(cities: pd.DataFrame, cfg, run: FetchRun) -> pd.DataFrame:
+    """Render every city of `cities` (the rows of one batch) into the batch's
+    images/<image_id>.jpg and return the manifest rows (one per image)."""
     settings = _settings(cfg)
     if cities["city"].duplicated().any():
-        raise ValueError(f"duplicate city names in batch {batch}: ids would collide")
-    image_dir = Path(out_dir) / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"duplicate city names in batch {run.batch}: ids would collide")
+    run.image_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for row in cities.itertuples(index=False):
         city = _make_city(row, settings["seed"])
-        city_rows = _render_city(city, settings, batch, image_dir)
+        city_rows = _render_city(city, settings, run.batch, run.image_dir)
         log.debug("%s: %d images (%s region)", city.name, len(city_rows), city.style.name)
         rows.extend(city_rows)
     return _manifest(rows)

@@ -1,0 +1,413 @@
+"""A folder of the user's own geotagged JPEGs, imported as one batch.
+
+A photo's position comes from its EXIF GPS tags or, for the photos a CSV lists (header
+``image,lat,lon`` plus optional ``sequence_id,captured_at``), from that CSV. A photo joins the
+nearest city of the batch whose radius holds it. Photos without a position, files that do not
+decode and photos outside every city of the batch are skipped, counted and reported.
+
+The files are hardlinked into the batch (copied where the filesystem refuses links) under a
+content id, so the same photo is the same image wherever it lives; the user's files are only read.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import datetime as dt
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from PIL.ExifTags import GPS, IFD, Base
+
+from geoloc.data.manifest import SCHEMA, conform
+from geoloc.errors import GeolocError
+from geoloc.geo import pairwise_km
+from geoloc.io import atomic_path
+from geoloc.params import LocalParams
+from geoloc.sources.run import FetchRun
+
+log = logging.getLogger(__name__)
+
+SOURCE = "local"
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+CSV_REQUIRED = ("image", "lat", "lon")
+CSV_OPTIONAL = ("sequence_id", "captured_at")
+MAX_LISTED = 20                      # paths named in a warning; the rest are only counted
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+ROTATED = (5, 6, 7, 8)               # EXIF orientations shown turned by 90 degrees
+
+SKIP_REASONS = {
+    "unreadable": "do not decode as JPEG images",
+    "no_position": "have no usable GPS position (EXIF or CSV)",
+}
+
+
+class LocalSourceError(GeolocError, ValueError):
+    """fetch.local names a missing folder or a malformed CSV."""
+
+
+class _Skip(Exception):
+    """A photo that cannot be imported, by kind (the key of the run's counters)."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """What the CSV says about one photo; NOT_LISTED for the photos it does not list."""
+    lat: float | None
+    lon: float | None
+    sequence_id: str | None
+    captured_at: int | None
+
+
+NOT_LISTED = _Listed(lat=None, lon=None, sequence_id=None, captured_at=None)
+
+
+@dataclass(frozen=True)
+class _Photo:
+    path: Path
+    image_id: str
+    lat: float
+    lon: float
+    captured_at: int
+    sequence_id: str
+    compass_angle: float | None
+    creator: str | None
+    width: int
+    height: int
+
+
+def fetch(cities: pd.DataFrame, cfg: LocalParams, run: FetchRun) -> pd.DataFrame:
+    """Import the photos of cfg.folder that lie in a city of `cities` (the rows of one batch)
+    into run.image_dir/<image_id>.jpg and return their manifest rows."""
+    folder = _folder(cfg.folder)
+    listed = _read_csv(Path(cfg.csv), folder) if cfg.csv else {}
+    skipped: dict[str, list[str]] = collections.defaultdict(list)
+    photos = _read_photos(folder, listed, skipped)
+    rows = []
+    for photo, city in zip(photos, _nearest_cities(photos, cities), strict=True):
+        if city is None:
+            skipped["outside_cities"].append(photo.path.relative_to(folder).as_posix())
+            continue
+        _place(photo.path, run.image_dir / f"{photo.image_id}.jpg", run)
+        rows.append(_row(photo, city, run.batch))
+    _report(folder, rows, skipped, run)
+    return conform(pd.DataFrame(rows, columns=list(SCHEMA)))
+
+
+def _folder(name: str) -> Path:
+    folder = Path(name)
+    if not folder.is_dir():
+        raise LocalSourceError(
+            f"fetch.local.folder: {name!r} is not a folder (looked for {folder.absolute()}; "
+            f"relative paths start at the project root). Point it at the folder of your photos.")
+    return folder
+
+
+def _jpegs(folder: Path) -> list[Path]:
+    found = (p for p in folder.rglob("*") if p.suffix.lower() in JPEG_SUFFIXES and p.is_file())
+    paths = sorted(found, key=lambda p: p.relative_to(folder).parts)
+    if not paths:
+        raise LocalSourceError(f"fetch.local.folder: no .jpg/.jpeg files under {folder}")
+    return paths
+
+
+def _read_photos(folder: Path, listed: dict[str, _Listed],
+                 skipped: dict[str, list[str]]) -> list[_Photo]:
+    """The importable photos, each content once (the first path in sorted order wins)."""
+    photos, seen = [], set()
+    for path in _jpegs(folder):
+        rel = path.relative_to(folder).as_posix()
+        try:
+            photo = _read_photo(path, folder, listed.get(rel, NOT_LISTED))
+        except _Skip as skip:
+            skipped[skip.kind].append(rel)
+            continue
+        if photo.image_id in seen:
+            skipped["duplicate"].append(rel)
+            continue
+        seen.add(photo.image_id)
+        photos.append(photo)
+    return photos
+
+
+def _read_photo(path: Path, folder: Path, listed: _Listed) -> _Photo:
+    data = path.read_bytes()
+    exif, gps, details, (width, height) = _decode(data)
+    position = (listed.lat, listed.lon) if listed.lat is not None else _gps_position(gps)
+    if position is None:
+        raise _Skip("no_position")
+    if exif.get(Base.Orientation) in ROTATED:
+        width, height = height, width
+    return _Photo(
+        path=path,
+        image_id=hashlib.sha256(data).hexdigest()[:16],
+        lat=position[0],
+        lon=position[1],
+        captured_at=_first(listed.captured_at, _exif_time(details), 0),
+        # One folder is taken as one drive: merging drives costs nothing but split freedom,
+        # while cutting one in two would leak near-identical frames between splits. The prefix
+        # keeps local ids apart from other sources' ids.
+        sequence_id="local:" + _first(listed.sequence_id,
+                                      path.parent.relative_to(folder).as_posix()),
+        compass_angle=_compass(gps),
+        creator=_text(exif.get(Base.Artist)),
+        width=width,
+        height=height,
+    )
+
+
+def _decode(data: bytes) -> tuple[Image.Exif, dict, dict, tuple[int, int]]:
+    """The EXIF tags (main, GPS and Exif folders) and stored pixel size of a JPEG, after
+    checking that all of it decodes."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:
+            exif, size = img.getexif(), img.size
+            # Read here, where a corrupt EXIF block is caught like corrupt pixels.
+            gps, details = exif.get_ifd(IFD.GPSInfo), exif.get_ifd(IFD.Exif)
+            # Decoding at 1/8 scale still reads every byte, so truncation shows, but costs less.
+            img.draft(img.mode, (1, 1))
+            img.load()
+    except (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError):
+        raise _Skip("unreadable") from None
+    return exif, gps, details, size
+
+
+def _row(photo: _Photo, city: str, batch: str) -> dict:
+    return {
+        "image_id": photo.image_id, "lat": photo.lat, "lon": photo.lon,
+        "captured_at": photo.captured_at, "sequence_id": photo.sequence_id,
+        "compass_angle": photo.compass_angle, "creator": photo.creator, "source": SOURCE,
+        "city": city, "batch": batch, "path": f"images/{photo.image_id}.jpg",
+        "width": photo.width, "height": photo.height,
+    }
+
+
+# ------------------------------------------------------------------------------------ EXIF
+
+def _gps_position(gps: dict) -> tuple[float, float] | None:
+    lat = _degrees(gps.get(GPS.GPSLatitude), gps.get(GPS.GPSLatitudeRef), "N", "S")
+    lon = _degrees(gps.get(GPS.GPSLongitude), gps.get(GPS.GPSLongitudeRef), "E", "W")
+    if lat is None or lon is None or abs(lat) > 90 or abs(lon) > 180:
+        return None
+    if lat == 0 and lon == 0:   # what some cameras write before they have a fix
+        return None
+    return lat, lon
+
+
+def _degrees(value, ref, positive: str, negative: str) -> float | None:
+    """EXIF degrees, minutes, seconds (rationals) and a hemisphere letter -> signed degrees."""
+    parts = value if isinstance(value, tuple | list) else (value,)
+    numbers = [_number(p) for p in parts[:3]]
+    if not numbers or any(n is None or n < 0 for n in numbers):
+        return None
+    sign = {positive: 1.0, negative: -1.0}.get((_text(ref) or "").upper())
+    if sign is None:   # without its hemisphere a position could be on the wrong continent
+        return None
+    return sign * sum(n / 60**i for i, n in enumerate(numbers))
+
+
+def _compass(gps: dict) -> float | None:
+    angle = _number(gps.get(GPS.GPSImgDirection))
+    return angle % 360.0 if angle is not None and 0 <= angle <= 360 else None
+
+
+def _exif_time(details: dict) -> int | None:
+    """DateTimeOriginal in ms UTC, shifted by OffsetTimeOriginal when the camera wrote one."""
+    stamp = _text(details.get(Base.DateTimeOriginal))
+    try:
+        when = dt.datetime.strptime(stamp, "%Y:%m:%d %H:%M:%S")
+    except (TypeError, ValueError):   # absent, or blanks and zeros from a camera without a clock
+        return None
+    return _ms(when.replace(tzinfo=_utc_offset(_text(details.get(Base.OffsetTimeOriginal)))))
+
+
+def _utc_offset(text: str | None) -> dt.tzinfo:
+    try:
+        return dt.datetime.strptime(text, "%z").tzinfo
+    except (TypeError, ValueError):
+        return dt.UTC
+
+
+def _number(value) -> float | None:
+    """A finite float from an EXIF number; a rational with a zero denominator reads as NaN."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _text(value) -> str | None:
+    """An EXIF ASCII value without its NUL and blank padding; None when absent or empty."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if not isinstance(value, str):
+        return None
+    return value.strip("\x00 \t\r\n") or None
+
+
+def _ms(when: dt.datetime) -> int:
+    """ms since 1970 UTC; a time without an offset is taken as UTC."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return (when - EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def _first(*values):
+    """The first value that is not None."""
+    return next((v for v in values if v is not None), None)
+
+
+# ------------------------------------------------------------------------------------- CSV
+
+def _read_csv(path: Path, folder: Path) -> dict[str, _Listed]:
+    """The CSV's rows keyed by the photo's path relative to the folder."""
+    reader = csv.DictReader(io.StringIO(_csv_text(path), newline=""))
+    _check_header(path, reader)
+    listed: dict[str, _Listed] = {}
+    try:
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            rel, info = _parse_row(row, folder, where)
+            if rel in listed:
+                raise LocalSourceError(f"{where}: {rel} is listed a second time")
+            listed[rel] = info
+    except csv.Error as exc:
+        raise LocalSourceError(f"{path}:{reader.line_num}: {exc}") from None
+    return listed
+
+
+def _csv_text(path: Path) -> str:
+    if not path.is_file():
+        raise LocalSourceError(
+            f"fetch.local.csv: {str(path)!r} not found (looked for {path.absolute()}; relative "
+            f"paths start at the project root). Fix the path, or set it to null to use EXIF GPS.")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")   # -sig: spreadsheets often start UTF-8 with a BOM
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise LocalSourceError(f"{path}:{line}: not UTF-8 text; save the CSV as UTF-8") from None
+
+
+def _check_header(path: Path, reader: csv.DictReader) -> None:
+    reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+    missing = [c for c in CSV_REQUIRED if c not in reader.fieldnames]
+    unknown = [c for c in reader.fieldnames if c not in CSV_REQUIRED + CSV_OPTIONAL]
+    if missing or unknown or len(set(reader.fieldnames)) != len(reader.fieldnames):
+        raise LocalSourceError(
+            f"{path}:1: the header must be {','.join(CSV_REQUIRED)} with optional "
+            f"{','.join(CSV_OPTIONAL)}, each once; got {','.join(reader.fieldnames) or 'nothing'}")
+
+
+def _parse_row(row: dict, folder: Path, where: str) -> tuple[str, _Listed]:
+    if None in row:   # DictReader's key for fields beyond the header
+        raise LocalSourceError(f"{where}: more fields than the header names")
+    return _listed_image(row["image"], folder, where), _Listed(
+        lat=_csv_number(row["lat"], "lat", 90, where),
+        lon=_csv_number(row["lon"], "lon", 180, where),
+        sequence_id=(row.get("sequence_id") or "").strip() or None,
+        captured_at=_csv_time(row.get("captured_at"), where),
+    )
+
+
+def _listed_image(text: str | None, folder: Path, where: str) -> str:
+    """The listed image's path relative to the folder, as the folder scan spells it."""
+    text = (text or "").strip()
+    rel = Path(os.path.normpath(text)) if text else None
+    if rel is None or rel.is_absolute() or ".." in rel.parts[:1]:
+        raise LocalSourceError(f"{where}: image {text!r} must be a path inside {folder}")
+    if rel.suffix.lower() not in JPEG_SUFFIXES:
+        raise LocalSourceError(f"{where}: image {text!r} is not a .jpg/.jpeg file")
+    if not (folder / rel).is_file():
+        raise LocalSourceError(f"{where}: image {text!r} does not exist in {folder}")
+    return rel.as_posix()
+
+
+def _csv_number(text: str | None, name: str, limit: float, where: str) -> float:
+    text = (text or "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise LocalSourceError(f"{where}: {name} {text!r} is not a number") from None
+    if not -limit <= value <= limit:   # NaN fails this too
+        raise LocalSourceError(f"{where}: {name} {value} is outside [-{limit}, {limit}]")
+    return value
+
+
+def _csv_time(text: str | None, where: str) -> int | None:
+    """captured_at as ms since 1970 or an ISO-8601 time (UTC when it has no offset)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if re.fullmatch(r"-?[0-9]+", text):
+        return int(text)
+    try:
+        return _ms(dt.datetime.fromisoformat(text))
+    except ValueError:
+        raise LocalSourceError(f"{where}: captured_at {text!r} is neither ms since 1970 nor an "
+                               f"ISO-8601 time like 2021-05-01T12:30:00+02:00") from None
+
+
+# ----------------------------------------------------------------------- cities and output
+
+def _nearest_cities(photos: list[_Photo], cities: pd.DataFrame) -> list[str | None]:
+    """Each photo's nearest city among those whose radius holds it; None outside them all."""
+    if cities.empty:
+        return [None] * len(photos)
+    km = pairwise_km([p.lat for p in photos], [p.lon for p in photos],
+                     cities["lat"].to_numpy(float), cities["lon"].to_numpy(float))
+    km[km > cities["radius_km"].to_numpy(float)[None, :]] = np.inf
+    names = cities["city"].to_numpy()
+    return [str(names[j]) if np.isfinite(d) else None
+            for j, d in zip(km.argmin(axis=1), km.min(axis=1), strict=True)]
+
+
+def _place(src: Path, dest: Path, run: FetchRun) -> None:
+    """Copy, never link: DVC may make its cached files read-only, and a hard link would carry
+    that onto the user's own photo."""
+    run.budget.reserve(src.stat().st_size)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _report(folder: Path, rows: list[dict], skipped: dict[str, list[str]], run: FetchRun) -> None:
+    for kind, paths in sorted(skipped.items()):
+        if paths:
+            run.count(kind, len(paths))
+    for kind, reason in SKIP_REASONS.items():
+        _warn_paths(folder, skipped[kind], reason)
+    if skipped["outside_cities"]:
+        log.info("%d photos in %s lie outside every city of %s (they may belong to another "
+                 "batch)", len(skipped["outside_cities"]), folder, run.batch)
+    if skipped["duplicate"]:
+        log.info("%d files in %s repeat another photo's content and were kept once",
+                 len(skipped["duplicate"]), folder)
+    sequences = len({row["sequence_id"] for row in rows})
+    by_kind = ", ".join(f"{kind}: {len(paths)}" for kind, paths in sorted(skipped.items())
+                        if paths)
+    log.info("local: imported %d photos (%d sequences) from %s into %s, skipped %d%s",
+             len(rows), sequences, folder, run.batch, sum(map(len, skipped.values())),
+             f" ({by_kind})" if by_kind else "")
+
+
+def _warn_paths(folder: Path, paths: list[str], reason: str) -> None:
+    if not paths:
+        return
+    more = f" and {len(paths) - MAX_LISTED} more" if len(paths) > MAX_LISTED else ""
+    log.warning("%d photos in %s %s and were skipped: %s%s", len(paths), folder, reason,
+                ", ".join(paths[:MAX_LISTED]), more)
