@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # Stage commands in dvc.yaml run `python`: make it the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv install demo test lint
+.PHONY: venv install demo test bench lint
 
 venv: install
 
@@ -24,5 +24,9 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+# Figures go to metrics/bench.json; each benchmark replaces only its own keys.
+bench: install
+	$(PY) bench/fetch.py --out metrics/bench.json
+
 lint: install
-	$(VENV)/bin/ruff check geoloc stages tests
+	$(VENV)/bin/ruff check geoloc stages tests bench

@@ -1,4 +1,5 @@
-"""The `geoloc` command: predict where photos were taken with an exported model."""
+"""The `geoloc` command: predict where photos were taken with an exported model, and purge raw
+JPEGs that the resize cache has made redundant."""
 
 from __future__ import annotations
 
@@ -76,6 +77,9 @@ def _purge(args) -> int:
     batches = args.batches or sorted(
         set(params.batches) & purge.cached_batches(paths["index"], paths["splits"],
                                                    paths["cache"], params.cache.size))
+    if not batches:
+        print("nothing to purge: no batch of params.yaml is in the resize cache")
+        return 0
     plan = purge.plan(batches, size=params.cache.size, lock=Path("dvc.lock"),
                       dvc_cache=Path(Repo(".").cache.local.path), **paths)
     print(f"{'batch':10} {'files':>8} {'MB':>10}")

@@ -26,8 +26,9 @@ def run_stage(main: Callable[[], None]) -> None:
 
 
 def describe_os_error(exc: OSError) -> str:
-    where = exc.filename or "a file"
+    # A failed write() carries no file name; a failed open() or mkdir() does.
+    where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno == errno.ENOSPC:
-        return (f"no space left on the device while writing {where}: free some space (see "
-                f"`geoloc purge`) or lower fetch.max_disk_gb, then run the stage again")
-    return f"{exc.strerror or exc}: {where}"
+        return (f"no space left on the device{where}: free some space (see `geoloc purge`) or "
+                f"lower fetch.max_disk_gb, then run the stage again")
+    return f"{exc.strerror or exc}{where}"
