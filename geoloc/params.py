@@ -50,6 +50,8 @@ class SyntheticParams:
 @dataclass(frozen=True)
 class MapillaryParams:
     graph_url: str = knob()
+    tiles_url: str = knob()
+    coverage: str = knob(choices=("search", "tiles"))
     thumbnail: int = knob(choices=(256, 1024, 2048))
     skip_panoramas: bool = knob()
     start_date: str | None = knob()
@@ -65,8 +67,10 @@ class MapillaryParams:
     timeout_s: float = knob(min=0.1, max=600.0)
 
     def check(self, key: str) -> None:
-        if not self.graph_url.startswith(("http://", "https://")):
-            raise ParamsError(f"{key}.graph_url: expected an http(s) URL, got {self.graph_url!r}")
+        for name in ("graph_url", "tiles_url"):
+            url = getattr(self, name)
+            if not url.startswith(("http://", "https://")):
+                raise ParamsError(f"{key}.{name}: expected an http(s) URL, got {url!r}")
         start, end = (_iso_date(f"{key}.{name}", getattr(self, name))
                       for name in ("start_date", "end_date"))
         if start and end and start > end:

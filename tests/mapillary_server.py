@@ -1,13 +1,15 @@
-"""A fake Mapillary Graph API v4 and thumbnail CDN: a real HTTP server on 127.0.0.1.
+"""A fake Mapillary Graph API v4, coverage tiles and thumbnail CDN: a real HTTP server on 127.0.0.1.
 
 It speaks the contract of /work/shared/reference/mapillary-api.md (auth, bbox search, entity,
-sequence ids, signed thumbnail links) over a deterministic world from ``make_world``, and injects
-deterministic faults (``Faults``) so that retry, split and verification logic can be tested and
-benchmarked offline.
+sequence ids, zoom-14 coverage vector tiles, signed thumbnail links) over a deterministic world
+from ``make_world``, and injects deterministic faults (``Faults``) so that retry, split and
+verification logic can be tested and benchmarked offline.
 
-One ``url`` serves both hosts: graph endpoints need the OAuth header, ``/thumbs/...`` (the CDN)
-does not.  Fault draws depend only on (seed, request key, attempt number), never on timing or
-thread scheduling, so a run with the same requests meets the same faults.
+One ``url`` serves all three hosts: graph endpoints need the OAuth header, coverage tiles
+(``/maps/vtp/mly1_public/2/{z}/{x}/{y}``) the ``access_token`` query parameter, and
+``/thumbs/...`` (the CDN) nothing.  Fault draws depend only on (seed, request key, attempt
+number), never on timing or thread scheduling, so a run with the same requests meets the same
+faults.
 """
 
 from __future__ import annotations
@@ -243,6 +245,7 @@ class Faults:
 
 # Checked in this order; the first that fires decides the answer.  "slow" only delays.
 GRAPH_FAULTS = ("slow", "reset", "429", "5xx", "timeout")
+TILE_FAULTS = ("slow", "reset", "429", "5xx")
 CDN_FAULTS = ("slow", "reset", "429", "5xx", "truncated")
 
 
@@ -265,6 +268,121 @@ class _Draw:
 
     def pick(self, kind: str, options: tuple):
         return options[_hash(*self.salt, kind, "pick") % len(options)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Coverage vector tiles: Web Mercator tile math and a hand-written Mapbox Vector Tile encoder
+# ----------------------------------------------------------------------------------------------
+
+TILE_ZOOM = 14                       # the only zoom whose tiles hold the "image" layer
+TILE_EXTENT = 4096
+MAX_TILE_ZOOM = 22
+MAX_LAT = math.degrees(math.atan(math.sinh(math.pi)))   # 85.0511...: the Web Mercator square
+
+
+def _tile_xy(lon: float, lat: float, z: int) -> tuple[float, float]:
+    """Fractional slippy-map tile coordinates: (0, 0) is the world's north-west corner."""
+    n = 2**z
+    lat = min(max(lat, -MAX_LAT), MAX_LAT)
+    x = (lon + 180.0) * n / 360.0    # multiply first: tile edges on exact longitudes stay exact
+    y = (1.0 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2.0 * n
+    return x, y
+
+
+def tile_of(lon: float, lat: float, z: int = TILE_ZOOM) -> tuple[int, int]:
+    """The (x, y) of the zoom-``z`` tile holding a point: a tile holds its west and north edges,
+    not its east and south ones, so that every point lies in exactly one tile."""
+    n = 2**z
+    x, y = _tile_xy(lon, lat, z)
+    return min(max(math.floor(x), 0), n - 1), min(max(math.floor(y), 0), n - 1)
+
+
+def tile_bounds(x: int, y: int, z: int = TILE_ZOOM) -> tuple[float, float, float, float]:
+    """(west, south, east, north) in degrees of tile (x, y) at zoom ``z``."""
+    n = 2**z
+
+    def lat(row: int) -> float:
+        return math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * row / n))))
+
+    return x * 360.0 / n - 180.0, lat(y + 1), (x + 1) * 360.0 / n - 180.0, lat(y)
+
+
+# Protobuf field numbers of vector_tile.proto (MVT spec 2.1):
+#   Tile:    layers = 3
+#   Layer:   version = 15, name = 1, features = 2, keys = 3, values = 4, extent = 5
+#   Feature: id = 1, tags = 2 (packed), type = 3 (POINT = 1), geometry = 4 (packed)
+#   Value:   string = 1, float = 2, double = 3, int = 4, uint = 5, sint = 6, bool = 7
+VARINT, FIXED64, LENGTH_DELIMITED = 0, 1, 2       # protobuf wire types
+POINT, MOVE_TO = 1, 1
+
+
+def _varint(n: int) -> bytes:
+    n &= 2**64 - 1                   # a negative int64 goes out as its two's complement
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _zigzag(n: int) -> int:
+    """sint32 to uint32: 0, -1, 1, -2 ... to 0, 1, 2, 3 ..."""
+    return (n << 1) ^ (n >> 31)
+
+
+def _tag(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _uint_field(number: int, value: int) -> bytes:
+    return _tag(number, VARINT) + _varint(value)
+
+
+def _bytes_field(number: int, data: bytes) -> bytes:
+    return _tag(number, LENGTH_DELIMITED) + _varint(len(data)) + data
+
+
+def _packed_field(number: int, values) -> bytes:
+    return _bytes_field(number, b"".join(map(_varint, values)))
+
+
+def _mvt_value(value) -> bytes:
+    """A Layer.values entry: bool, int (int64), float (double) or str."""
+    if isinstance(value, bool):
+        return _uint_field(7, value)
+    if isinstance(value, int):
+        return _uint_field(4, value)
+    if isinstance(value, float):
+        return _tag(3, FIXED64) + struct.pack("<d", value)
+    return _bytes_field(1, value.encode())
+
+
+def _mvt_points(layer_name: str, points) -> bytes:
+    """A Tile message with one layer of Point features, from (id, x, y, properties) in order."""
+    keys: dict[str, int] = {}
+    values: dict[tuple, int] = {}    # keyed by (type, value): True and 1 are different values
+    features = []
+    for feature_id, x, y, properties in points:
+        tags = []
+        for key, value in properties.items():
+            tags += [keys.setdefault(key, len(keys)),
+                     values.setdefault((type(value), value), len(values))]
+        geometry = (MOVE_TO | 1 << 3, _zigzag(x), _zigzag(y))   # one MoveTo from (0, 0)
+        features.append(_bytes_field(2, _uint_field(1, feature_id) + _packed_field(2, tags)
+                                     + _uint_field(3, POINT) + _packed_field(4, geometry)))
+    layer = b"".join([_uint_field(15, 2), _bytes_field(1, layer_name.encode()), *features,
+                      *(_bytes_field(3, key.encode()) for key in keys),
+                      *(_bytes_field(4, _mvt_value(value)) for _, value in values),
+                      _uint_field(5, TILE_EXTENT)])
+    return _bytes_field(3, layer)
+
+
+def _tile_properties(image: FakeImage) -> dict:
+    """What a real tile carries for an image; organization_id is absent, as for most images."""
+    return {"id": int(image.id), "captured_at": image.captured_at,
+            "compass_angle": float(image.compass_angle), "sequence_id": image.sequence,
+            "is_pano": image.is_pano}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,6 +429,8 @@ FIELD_VALUES = {
 KNOWN_FIELDS = FIELD_VALUES.keys() | THUMB_FIELDS.keys()
 ENTITY_PATH = re.compile(r"/(\d+)")
 THUMB_PATH = re.compile(r"/thumbs/(\d+)/(\d+)\.jpg")
+TILE_PREFIX = "/maps/vtp/"
+TILE_PATH = re.compile(r"/maps/vtp/mly1_public/2/(\d+)/(\d+)/(\d+)")
 
 
 class _ApiError(Exception):
@@ -419,8 +539,9 @@ def _render_jpeg(image_id: str, long_side: int, is_pano: bool) -> bytes:
 class MapillaryServer:
     """Graph API and CDN on one ephemeral port of 127.0.0.1; start() or use as a context manager.
 
-    Observations for tests: ``requests`` (path, query params) in arrival order, ``statuses``
-    (HTTP status, or "reset", -> count) and ``downloads`` (image id -> complete thumbnails sent).
+    Observations for tests: ``requests`` (path, query params) in arrival order, with any
+    ``access_token`` value logged as "<token>"; ``statuses`` (HTTP status, or "reset", -> count)
+    and ``downloads`` (image id -> complete thumbnails sent).
     """
 
     def __init__(self, images: list[FakeImage], token: str = "MLY|1234|fake-secret",
@@ -430,6 +551,7 @@ class MapillaryServer:
         self.jpeg_long_side = jpeg_long_side
         self.link_ttl_s = link_ttl_s
         self._authorization = f"OAuth {token}".encode()
+        self._token = token.encode()
         self._secret = secrets.token_bytes(32)   # signs CDN links; clients cannot forge them
         self._images = list(images)
         self._by_id = {image.id: image for image in self._images}
@@ -443,6 +565,8 @@ class MapillaryServer:
         self._lock = threading.Lock()
         self._jpegs: dict[tuple[str, int], bytes] = {}
         self._jpeg_lock = threading.Lock()   # separate: encoding must not stall the counters
+        self._tiles: dict[tuple[int, int], list[FakeImage]] | None = None   # built on first use
+        self._tile_lock = threading.Lock()
 
         self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.app = self
@@ -493,6 +617,27 @@ class MapillaryServer:
                 self._jpegs[key] = _render_jpeg(image_id, key[1], self._by_id[image_id].is_pano)
             return self._jpegs[key]
 
+    def coverage_tile(self, z: int, x: int, y: int) -> bytes:
+        """The exact body served for coverage tile z/x/y: at zoom 14, an "image" layer with one
+        Point per image in the tile, by id; otherwise, or without images, an empty tile."""
+        if z != TILE_ZOOM:
+            return b""
+        with self._tile_lock:
+            if self._tiles is None:
+                self._tiles = collections.defaultdict(list)
+                for image in sorted(self._images, key=lambda im: int(im.id)):
+                    self._tiles[tile_of(image.lon, image.lat)].append(image)
+            images = self._tiles.get((x, y), [])
+        if not images:
+            return b""
+        points = []
+        for image in images:
+            fx, fy = _tile_xy(image.lon, image.lat, z)
+            px, py = (min(max(round((f - t) * TILE_EXTENT), 0), TILE_EXTENT - 1)
+                      for f, t in ((fx, x), (fy, y)))
+            points.append((int(image.id), px, py, _tile_properties(image)))
+        return _mvt_points("image", points)
+
     def _record(self, path: str, params: dict) -> None:
         with self._lock:
             self.requests.append((path, params))
@@ -508,10 +653,13 @@ class MapillaryServer:
     def _answer(self, target: str, authorization: str | None) -> _Answer:
         parts = urlsplit(target)
         path, params = parts.path, dict(parse_qsl(parts.query, keep_blank_values=True))
-        self._record(path, params)
+        self._record(path, {k: "<token>" if k == "access_token" else v
+                            for k, v in params.items()})
         time.sleep(self.faults.latency_s)
         if path.startswith("/thumbs/"):
             return self._cdn(path, params)
+        if path.startswith(TILE_PREFIX):
+            return self._coverage(path, params)
         return self._graph(path, params, authorization)
 
     def _graph(self, path: str, params: dict, authorization: str | None) -> _Answer:
@@ -525,6 +673,20 @@ class MapillaryServer:
             return _json(200, self._route(path, params))
         except _ApiError as error:
             return self._error(error.status, error.code, error.message)
+
+    def _coverage(self, path: str, params: dict) -> _Answer:
+        token = params.pop("access_token", "").encode()
+        if not hmac.compare_digest(token, self._token):
+            return self._error(401, 190, BAD_TOKEN)
+        # The fault key is the path and the other parameters: never the token.
+        injected = self._injected(self._draw(path, params, TILE_FAULTS))
+        if injected is not None:
+            return injected
+        match = TILE_PATH.fullmatch(path)
+        z, x, y = map(int, match.groups()) if match else (MAX_TILE_ZOOM + 1, 0, 0)
+        if z > MAX_TILE_ZOOM or x >= 2**z or y >= 2**z:
+            return self._error(404, 100, "Not found")
+        return _Answer(200, self.coverage_tile(z, x, y), "application/x-protobuf")
 
     def _route(self, path: str, params: dict) -> dict:
         if path == "/images":

@@ -3,6 +3,7 @@ injects the failures of a real network (tests/mapillary_server.py)."""
 
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -110,6 +111,28 @@ def test_a_second_run_reuses_answers_and_images(token, tmp_path):
     server.stop()
     pd.testing.assert_frame_equal(first, second)
     assert len(server.requests) == requests_before and dict(server.downloads) == downloads_before
+
+
+@pytest.mark.slow
+def test_coverage_tiles_find_what_searches_find(token, tmp_path, caplog):
+    """Listing by z14 vector tiles, then one lookup per image, gives the same batch; the token,
+    which travels in the tile URLs, stays out of logs and files."""
+    caplog.set_level(logging.DEBUG)
+    with MapillaryServer(IMAGES, token=TOKEN) as server:
+        searched = mapillary.fetch(CITIES, mapillary_cfg(server),
+                                   fetch_run(tmp_path / "searched"))
+    with MapillaryServer(IMAGES, token=TOKEN, faults=ALL_FAULTS) as server:
+        run = fetch_run(tmp_path / "tiled", store_dir=tmp_path / "tiled_downloads")
+        tiled = mapillary.fetch(CITIES, mapillary_cfg(server, tiles_url=server.url,
+                                                      coverage="tiles"), run)
+        tile_requests = [q for path, q in server.requests if path.startswith("/maps/vtp/")]
+    pd.testing.assert_frame_equal(tiled, searched)
+    assert tile_requests and run.counts["retries"] > 0
+    assert list((tmp_path / "tiled_downloads").rglob("*.mvt"))
+    secret = TOKEN.split("|")[-1]
+    assert "/maps/vtp/mly1_public/2/14/" in caplog.text and secret not in caplog.text
+    for path in tmp_path.rglob("*"):
+        assert path.is_dir() or secret.encode() not in path.read_bytes(), path
 
 
 def test_filters_and_caps(token, tmp_path):

@@ -2,6 +2,7 @@
 
 import io
 import math
+import struct
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -10,7 +11,14 @@ from http.client import HTTPConnection
 import pandas as pd
 import pytest
 import requests
-from mapillary_server import FakeImage, Faults, MapillaryServer, make_world
+from mapillary_server import (
+    FakeImage,
+    Faults,
+    MapillaryServer,
+    make_world,
+    tile_bounds,
+    tile_of,
+)
 from PIL import Image
 
 TOKEN = "MLY|1234|fake-secret"
@@ -419,6 +427,240 @@ def test_truncated_thumbnails_are_detectable(serve, http):
     assert seen == {"short of Content-Length", "undecodable"}
     assert server.downloads == {im.id: 1 for im in images}
     assert server.statuses[200] == 1 + 8 * 3
+
+
+# -- coverage vector tiles --------------------------------------------------------------------
+# A decoder written from the MVT 2.1 spec, independent of the server's encoder.
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def fields(data: bytes):
+    """(field number, wire type, value) of a protobuf message: an int or the raw bytes."""
+    pos = 0
+    while pos < len(data):
+        key, pos = read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = read_varint(data, pos)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = data[pos:pos + size], pos + size
+        else:
+            assert wire == 2
+            size, pos = read_varint(data, pos)
+            value, pos = data[pos:pos + size], pos + size
+        assert pos <= len(data)
+        yield number, wire, value
+
+
+def packed(data: bytes) -> list[int]:
+    values, pos = [], 0
+    while pos < len(data):
+        value, pos = read_varint(data, pos)
+        values.append(value)
+    return values
+
+
+def unzigzag(n: int) -> int:
+    return (n >> 1) ^ -(n & 1)
+
+
+def decode_value(data: bytes):
+    """A Layer.values entry as (Value field number, Python value)."""
+    [(number, wire, raw)] = fields(data)
+    decoders = {(1, 2): bytes.decode, (2, 5): lambda b: struct.unpack("<f", b)[0],
+                (3, 1): lambda b: struct.unpack("<d", b)[0],
+                (4, 0): lambda n: n - 2**64 if n >= 2**63 else n, (5, 0): int,
+                (6, 0): unzigzag, (7, 0): bool}
+    return number, decoders[number, wire](raw)
+
+
+def decode_tile(data: bytes) -> dict[str, dict]:
+    """Layer name -> {version, extent, features: [{id, type, geometry, properties, kinds}]}."""
+    layers = {}
+    for number, wire, raw in fields(data):
+        assert (number, wire) == (3, 2)
+        layer = {"features": []}
+        keys, values, features = [], [], []
+        for n, _, v in fields(raw):
+            if n == 15:
+                layer["version"] = v
+            elif n == 1:
+                layer["name"] = v.decode()
+            elif n == 2:
+                features.append(dict((fn, fv) for fn, _, fv in fields(v)))
+            elif n == 3:
+                keys.append(v.decode())
+            elif n == 4:
+                values.append(decode_value(v))
+            elif n == 5:
+                layer["extent"] = v
+        for feature in features:
+            tags = packed(feature[2])
+            pairs = [(keys[k], values[v]) for k, v in zip(tags[::2], tags[1::2], strict=True)]
+            layer["features"].append({
+                "id": feature[1], "type": feature[3], "geometry": packed(feature[4]),
+                "properties": {key: value for key, (_, value) in pairs},
+                "kinds": {key: kind for key, (kind, _) in pairs}})
+        layers[layer["name"]] = layer
+    return layers
+
+
+def tile_url(server, x: int, y: int, z: int = 14) -> str:
+    return f"{server.url}/maps/vtp/mly1_public/2/{z}/{x}/{y}"
+
+
+def fetch_tile(http, server, x, y, z=14, token=TOKEN, **kwargs) -> requests.Response:
+    params = {} if token is None else {"access_token": token}
+    return http.get(tile_url(server, x, y, z), params=params, timeout=5, **kwargs)
+
+
+def tile_points(data: bytes, x: int, y: int, z: int = 14) -> dict[str, tuple]:
+    """Image id -> ((lon, lat), properties) of a tile's image layer, with its format checked."""
+    layer = decode_tile(data)["image"]
+    assert (layer["version"], layer["extent"]) == (2, 4096)
+    assert [f["id"] for f in layer["features"]] == sorted(f["id"] for f in layer["features"])
+    n, points = 2**z, {}
+    for feature in layer["features"]:
+        assert feature["type"] == 1
+        command, px, py = feature["geometry"]
+        assert (command & 7, command >> 3) == (1, 1)             # one MoveTo
+        px, py = unzigzag(px), unzigzag(py)
+        assert 0 <= px < 4096 and 0 <= py < 4096
+        lon = (x + px / 4096) / n * 360 - 180
+        lat = math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * (y + py / 4096) / n))))
+        points[str(feature["id"])] = ((lon, lat), feature["properties"])
+    return points
+
+
+def test_tile_of_is_the_slippy_map_tile():
+    for lon, lat in [(2.3522, 48.8566), (139.7671, 35.6812), (-43.2, -22.9), (0.0, 0.0)]:
+        n = 2**14
+        y = (1 - math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)) / math.pi) / 2 * n
+        assert tile_of(lon, lat) == (int((lon + 180) / 360 * n), int(y))
+    assert tile_of(2.3522, 48.8566) == (8299, 5636)
+    assert tile_of(0.0, 0.0, z=1) == (1, 1)              # the west and north edges belong
+    assert tile_of(-180.0, 89.0, z=3) == (0, 0) and tile_of(180.0, -89.0, z=3) == (7, 7)
+
+    west, south, east, north = tile_bounds(8299, 5636)
+    assert west < 2.3522 < east and south < 48.8566 < north
+    assert tile_of(west, (south + north) / 2) == (8299, 5636)
+    assert tile_of(east, (south + north) / 2) == (8300, 5636)
+    assert tile_of((west + east) / 2, south) == (8299, 5637)
+    assert 1590 < metres(north, (west, north), (east, north)) < 1620     # z14 at Paris
+
+
+def test_city_tiles_hold_exactly_the_world_images(serve, http):
+    world = make_world([CITIES[0]], seed=4, sequences_per_city=12)
+    server = serve(world)
+    by_id = {im.id: im for im in world}
+    xs, ys = zip(*(tile_of(im.lon, im.lat) for im in world), strict=True)
+    seen: dict[str, tuple] = {}
+    for x in range(min(xs) - 1, max(xs) + 2):
+        for y in range(min(ys) - 1, max(ys) + 2):
+            response = fetch_tile(http, server, x, y)
+            assert response.status_code == 200
+            assert response.headers["Content-Type"] == "application/x-protobuf"
+            assert response.content == server.coverage_tile(14, x, y)
+            mine = {im.id for im in world if tile_of(im.lon, im.lat) == (x, y)}
+            points = tile_points(response.content, x, y) if mine else {}
+            assert not mine or set(decode_tile(response.content)) == {"image"}
+            assert set(points) == mine and not (mine & set(seen))
+            seen.update(points)
+    assert set(seen) == set(by_id)
+    for image_id, (position, properties) in seen.items():
+        im = by_id[image_id]
+        assert metres(im.lat, position, (im.lon, im.lat)) < 1.0
+        assert properties == {"id": int(im.id), "captured_at": im.captured_at,
+                              "compass_angle": im.compass_angle, "sequence_id": im.sequence,
+                              "is_pano": im.is_pano}
+
+
+def test_tile_values_and_edges(serve, http):
+    x, y = tile_of(2.3522, 48.8566)
+    west, south, east, north = tile_bounds(x, y)
+    images = [image("30", west, (south + north) / 2, compass_angle=0.0),
+              image("4", east - 1e-9, north - 1e-9, is_pano=True, camera_type="spherical"),
+              image("12", east, (south + north) / 2)]          # the east neighbour's west edge
+    server = serve(images)
+    layer = decode_tile(fetch_tile(http, server, x, y).content)["image"]
+    assert [f["id"] for f in layer["features"]] == [4, 30]
+    four, thirty = layer["features"]
+    assert four["kinds"] == {"id": 4, "captured_at": 4, "compass_angle": 3, "sequence_id": 1,
+                             "is_pano": 7}               # int64, int64, double, string, bool
+    assert four["properties"]["is_pano"] is True and thirty["properties"]["is_pano"] is False
+    assert [unzigzag(v) for v in four["geometry"][1:]] == [4095, 0]   # clamped into the tile
+    assert unzigzag(thirty["geometry"][1]) == 0
+    east_tile = tile_points(fetch_tile(http, server, x + 1, y).content, x + 1, y)
+    assert list(east_tile) == ["12"]
+    assert fetch_tile(http, server, x, y).content == server.coverage_tile(14, x, y)
+
+
+def test_empty_and_other_zoom_tiles(serve, http):
+    server = serve([image("1", 2.3522, 48.8566)])
+    x, y = tile_of(2.3522, 48.8566)
+    for z in (13, 15, 0):
+        response = fetch_tile(http, server, *tile_of(2.3522, 48.8566, z), z=z)
+        assert response.status_code == 200 and "image" not in decode_tile(response.content)
+    empty = fetch_tile(http, server, x + 1, y)
+    assert (empty.status_code, empty.content) == (200, b"")
+    assert fetch_tile(http, server, 2**14, y).status_code == 404
+    missing = http.get(server.url + "/maps/vtp/other/1/14/1/1", params={"access_token": TOKEN},
+                       timeout=5)
+    assert (missing.status_code, error_code(missing)) == (404, 100)
+
+
+@pytest.mark.parametrize("token, headers", [(None, {}), ("MLY|1234|wrong", {}),
+                                            (TOKEN + "x", {}), (None, AUTH)])
+def test_tiles_need_the_access_token_parameter(serve, http, token, headers):
+    server = serve([image("1", 2.3522, 48.8566)], faults=Faults(p_5xx=1.0))
+    response = fetch_tile(http, server, *tile_of(2.3522, 48.8566), token=token, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["Content-Type"] == "application/json"
+    assert error_code(response) == 190 and response.json()["error"]["type"] == "OAuthException"
+    assert "fake-secret" not in response.text and "fake-secret" not in str(response.headers)
+
+
+def test_tile_token_is_never_logged(serve, http):
+    server = serve([image("1", 2.3522, 48.8566)])
+    x, y = tile_of(2.3522, 48.8566)
+    assert fetch_tile(http, server, x, y).status_code == 200
+    assert fetch_tile(http, server, x, y, token=TOKEN + "x").status_code == 401
+    assert server.requests[0] == (f"/maps/vtp/mly1_public/2/14/{x}/{y}",
+                                  {"access_token": "<token>"})
+    assert "fake-secret" not in repr(server.requests)
+
+
+@pytest.mark.parametrize("faults, failed", [
+    (Faults(p_429=1.0, retry_after_s=3), is_rate_limit),
+    (Faults(p_5xx=1.0), is_status(500, 502, 503, code=2)),
+    (Faults(p_reset=1.0), is_reset),
+])
+def test_tile_faults_fail_then_succeed(serve, http, faults, failed):
+    server = serve([image("1", 2.3522, 48.8566)], faults=faults)
+    x, y = tile_of(2.3522, 48.8566)
+    tries = [attempt(fetch_tile, http, server, x, y) for _ in range(3)]
+    assert failed(tries[0]) and failed(tries[1])
+    assert list(tile_points(tries[2].content, x, y)) == ["1"]
+    # Each tile is its own request key.
+    assert failed(attempt(fetch_tile, http, server, x + 1, y))
+
+
+def test_tile_slowness_and_no_query_timeouts(serve, http):
+    server = serve([image("1", 2.3522, 48.8566)],
+                   faults=Faults(p_slow=1.0, slow_s=0.2, p_timeout=1.0, max_consecutive=1))
+    x, y = tile_of(2.3522, 48.8566)
+    started = time.monotonic()
+    assert fetch_tile(http, server, x, y).status_code == 200   # code -2 is the graph's own
+    assert time.monotonic() - started >= 0.2
 
 
 # -- plumbing ----------------------------------------------------------------------------------

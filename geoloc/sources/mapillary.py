@@ -6,7 +6,10 @@ The contract is ../shared/reference/mapillary-api.md. In short:
   boxes of at most `box_deg` a side on a global grid (so neighbouring cities share boxes and their
   cached answers); a box that answers `search_limit` rows, or the code-1 "reduce the amount of
   data" error, is split into quadrants, since a bbox search does not page;
-* every search answer is cached under the store, so a resumed run repeats no search;
+* or, with `coverage: tiles`, list the z14 coverage vector tiles over each city instead (the
+  pattern for large areas; tiles have a tight daily quota) and look each image up once;
+* every search answer, tile and lookup is cached under the store, so a resumed run repeats
+  no request;
 * one unit of work per image: take the thumbnail link from the search answer, download, verify
   (status, type, length, full JPEG decode), write under a temporary name and rename into place;
   an expired link (403/404/410) is resolved again once through the entity endpoint;
@@ -29,6 +32,7 @@ import math
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +50,7 @@ from geoloc.geo import haversine_km
 from geoloc.io import atomic_path
 from geoloc.params import MapillaryParams
 from geoloc.sources.run import FetchRun
+from geoloc.sources.vector_tile import decode_points, tiles_over
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ SEARCH_FIELDS = ("id", "geometry", "computed_geometry", "captured_at", "sequence
 MIN_BOX_DEG = 1e-4          # ~11 m: a box this small that is still full is taken as it is
 KM_PER_DEG_LAT = 111.195    # great-circle km per degree on the sphere of geoloc.geo
 EXPIRED_STATUSES = (403, 404, 410)
+TILE_ZOOM = 14              # the only zoom whose tiles hold the `image` layer
 
 
 class MapillaryError(GeolocError):
@@ -91,14 +97,14 @@ def fetch(cities: pd.DataFrame, cfg: MapillaryParams, run: FetchRun) -> pd.DataF
     """Search the batch's cities, download their images and return the manifest rows."""
     client = Client(cfg, read_token(), run)
     remove_temporaries(run.store_dir)
-    found = search_cities(client, cities, cfg)
+    found = (search_cities if cfg.coverage == "search" else tile_cities)(client, cities, cfg)
     rows = select(found, cities, cfg)
     log.info("%s: %d images to download from %d cities", run.batch, len(rows), len(cities))
     run.image_dir.mkdir(parents=True, exist_ok=True)
-    sizes = parallel(lambda row: download(client, row, run), rows, cfg.concurrency,
-                     desc=f"{run.batch} download")
-    kept = [dict(row, width=size[0], height=size[1])
-            for row, size in zip(rows, sizes, strict=True) if size]
+    circles = {c.city: (c.lat, c.lon, c.radius_km) for c in cities.itertuples()}
+    done = parallel(lambda row: download(client, row, run, circles), rows, cfg.concurrency,
+                    desc=f"{run.batch} download")
+    kept = [row for row in done if row is not None]
     write_attribution(kept, run.out_dir / ATTRIBUTION_NAME)
     return conform(pd.DataFrame([manifest_row(row, run.batch) for row in kept],
                                 columns=list(SCHEMA)))
@@ -130,8 +136,12 @@ class Client:
         self.cfg = cfg
         self.run = run
         self.base = cfg.graph_url.rstrip("/")
+        self.tiles_base = cfg.tiles_url.rstrip("/")
         self.thumb_field = f"thumb_{cfg.thumbnail}_url"
         self._token = token
+        # Tile URLs carry the token, URL-encoded, and urllib3 logs request URLs at DEBUG.
+        _SCRUBBER.tokens.update({token, urllib.parse.quote(token, safe=""),
+                                 urllib.parse.quote_plus(token)})
         self._limiter = RateLimiter(cfg.requests_per_second)
         self._local = threading.local()
         self._retry = backoff.on_exception(
@@ -142,6 +152,10 @@ class Client:
     def graph(self, path: str, params: dict) -> dict:
         """GET a Graph API path and return its JSON, retrying transient failures."""
         return self._retrying(self._graph_once, f"GET /{path}", path, params)
+
+    def tile(self, z: int, x: int, y: int) -> bytes:
+        """GET one coverage vector tile (protobuf bytes; empty for an empty tile)."""
+        return self._retrying(self._tile_once, f"the coverage tile {z}/{x}/{y}", z, x, y)
 
     def thumbnail(self, url: str) -> bytes:
         """GET a signed thumbnail link and return a verified JPEG body."""
@@ -156,8 +170,6 @@ class Client:
                 f"{self.cfg.max_retry_s:g} s; finished downloads are kept, run the stage again "
                 f"to resume") from None
 
-    def scrub(self, text: str) -> str:
-        return text.replace(self._token, "<token>")
 
     def _session(self) -> requests.Session:
         # One session per thread: connection reuse without sharing a Session across threads.
@@ -187,10 +199,7 @@ class Client:
             except ValueError:
                 raise _Transient("bad_json") from None
         if response.status_code == 401:
-            raise MapillaryError(
-                f"Mapillary refused the token (HTTP 401: {self.scrub(error.get('message', ''))}). "
-                f"Set {TOKEN_ENV} to a valid client token (MLY|...) from "
-                f"https://www.mapillary.com/dashboard/developers")
+            raise self._refused(error)
         if error.get("code") == 1:
             raise _TooMuchData()
         if response.status_code == 429:
@@ -203,7 +212,30 @@ class Client:
             raise _Gone()
         raise MapillaryError(
             f"Mapillary rejected GET /{path} (HTTP {response.status_code}, code "
-            f"{error.get('code')}): {self.scrub(error.get('message', response.text[:200]))}")
+            f"{error.get('code')}): {_SCRUBBER.scrub(error.get('message', response.text[:200]))}")
+
+    def _tile_once(self, z: int, x: int, y: int) -> bytes:
+        self._limiter.wait()
+        response = self._get(f"{self.tiles_base}/maps/vtp/mly1_public/2/{z}/{x}/{y}",
+                             {"access_token": self._token}, {})
+        if response.status_code == 200:
+            return response.content
+        if response.status_code == 404:  # no coverage there
+            return b""
+        if response.status_code == 401:
+            raise self._refused(_error_of(response))
+        if response.status_code == 429:
+            raise _Transient("http_429", _retry_after(response))
+        if response.status_code >= 500:
+            raise _Transient(f"http_{response.status_code}")
+        raise MapillaryError(f"Mapillary refused the coverage tile {z}/{x}/{y} "
+                             f"(HTTP {response.status_code})")
+
+    def _refused(self, error: dict) -> MapillaryError:
+        return MapillaryError(
+            f"Mapillary refused the token (HTTP 401: {_SCRUBBER.scrub(error.get('message', ''))}). "
+            f"Set {TOKEN_ENV} to a valid client token (MLY|...) from "
+            f"https://www.mapillary.com/dashboard/developers")
 
     def _thumbnail_once(self, url: str) -> bytes:
         response = self._get(url, None, {})
@@ -230,6 +262,30 @@ class Client:
 
     def _on_giveup(self, details: dict) -> None:
         self.run.count(details["exception"].kind)
+
+
+class _TokenScrubber(logging.Filter):
+    """Blanks tokens out of urllib3's DEBUG lines, which print request URLs with their query."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens: set[str] = set()
+
+    def scrub(self, text: str) -> str:
+        for token in self.tokens:
+            text = text.replace(token, "<token>")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = self.scrub(message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, ()
+        return True
+
+
+_SCRUBBER = _TokenScrubber()
+logging.getLogger("urllib3.connectionpool").addFilter(_SCRUBBER)
 
 
 def _error_of(response: requests.Response) -> dict:
@@ -294,8 +350,7 @@ class Box:
 
 def city_boxes(lat: float, lon: float, radius_km: float, box_deg: float) -> list[Box]:
     """Boxes of a global box_deg grid that touch the circle around (lat, lon)."""
-    dlat = radius_km / KM_PER_DEG_LAT
-    dlon = dlat / max(math.cos(math.radians(lat)), 1e-6)
+    dlat, dlon = _half_sides(lat, radius_km)
     boxes = []
     for i in range(math.floor((lon - dlon) / box_deg), math.floor((lon + dlon) / box_deg) + 1):
         for j in range(math.floor((lat - dlat) / box_deg), math.floor((lat + dlat) / box_deg) + 1):
@@ -307,6 +362,12 @@ def city_boxes(lat: float, lon: float, radius_km: float, box_deg: float) -> list
             if haversine_km(lat, lon, near_lat, near_lon) <= radius_km:
                 boxes.append(box)
     return boxes
+
+
+def _half_sides(lat: float, radius_km: float) -> tuple[float, float]:
+    """Half the sides, in degrees of latitude and longitude, of the square around a circle."""
+    dlat = radius_km / KM_PER_DEG_LAT
+    return dlat, dlat / max(math.cos(math.radians(lat)), 1e-6)
 
 
 def search_cities(client: Client, cities: pd.DataFrame, cfg: MapillaryParams) -> list[dict]:
@@ -356,6 +417,38 @@ def _search_cache_path(client: Client, params: dict) -> Path:
     # The server is part of the key: answers of a local stand-in never mix with the real API's.
     key = json.dumps([client.base, sorted(params.items())])
     return client.run.store_dir / "search" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+
+def tile_cities(client: Client, cities: pd.DataFrame, cfg: MapillaryParams) -> list[dict]:
+    """Every image point of the z14 coverage tiles over the cities, deduplicated by id."""
+    tiles = set()
+    for row in cities.itertuples():
+        dlat, dlon = _half_sides(row.lat, row.radius_km)
+        tiles.update(tiles_over(row.lon - dlon, row.lat - dlat, row.lon + dlon, row.lat + dlat,
+                                TILE_ZOOM))
+    answers = parallel(lambda tile: tile_rows(client, *tile), sorted(tiles), cfg.concurrency,
+                       desc=f"{client.run.batch} coverage tiles")
+    found = {row["id"]: row for rows in answers for row in rows}
+    return [found[key] for key in sorted(found)]
+
+
+def tile_rows(client: Client, x: int, y: int) -> list[dict]:
+    """The image points of one tile as search-like rows; the tile is cached under the store."""
+    server = hashlib.sha256(client.tiles_base.encode()).hexdigest()[:16]
+    cache = client.run.store_dir / "tiles" / server / f"{TILE_ZOOM}_{x}_{y}.mvt"
+    if cache.exists():
+        data = cache.read_bytes()
+    else:
+        data = client.tile(TILE_ZOOM, x, y)
+        with atomic_path(cache) as tmp:
+            tmp.write_bytes(data)
+    return [{"id": str(p.properties.get("id", p.id)),
+             "geometry": {"type": "Point", "coordinates": [p.lon, p.lat]},
+             "captured_at": p.properties.get("captured_at", 0),
+             "compass_angle": p.properties.get("compass_angle"),
+             "sequence": p.properties.get("sequence_id"),
+             "is_pano": bool(p.properties.get("is_pano", False)), "from_tile": True}
+            for p in decode_points(data, "image", TILE_ZOOM, x, y)]
 
 
 def _date_filters(cfg: MapillaryParams) -> dict:
@@ -440,23 +533,44 @@ def store_path(run: FetchRun, thumbnail_field: str, image_id: str) -> Path:
     return run.store_dir / "images" / thumbnail_field / image_id[-2:] / f"{image_id}.jpg"
 
 
-def download(client: Client, row: dict, run: FetchRun) -> tuple[int, int] | None:
-    """Put the image's verified JPEG in the store and link it into the batch; return its size,
-    or None when Mapillary no longer serves it."""
+def download(client: Client, row: dict, run: FetchRun,
+             circles: dict[str, tuple[float, float, float]]) -> dict | None:
+    """Put the image's verified JPEG in the store and link it into the batch; return its row
+    with the JPEG's size, or None when Mapillary no longer serves it."""
     stored = store_path(run, client.thumb_field, row["id"])
-    if not stored.exists():
-        try:
+    try:
+        if row.get("from_tile"):
+            row = _complete(client, row)
+            lat, lon, radius = circles[row["city"]]
+            if haversine_km(row["lat"], row["lon"], lat, lon) > radius:
+                return None  # its refined position left the circle its GPS point was in
+        if not stored.exists():
             body = _fetch_verified(client, row)
-        except _Gone:
-            run.count("gone")
-            log.warning("image %s is no longer available; skipped", row["id"])
-            return None
-        run.budget.reserve(len(body))
-        with atomic_path(stored) as tmp:
-            tmp.write_bytes(body)
+            run.budget.reserve(len(body))
+            with atomic_path(stored) as tmp:
+                tmp.write_bytes(body)
+    except _Gone:
+        run.count("gone")
+        log.warning("image %s is no longer available; skipped", row["id"])
+        return None
     _link(stored, run.image_dir / f"{row['id']}.jpg")
     with Image.open(stored) as image:
-        return image.size
+        return dict(row, width=image.width, height=image.height)
+
+
+def _complete(client: Client, row: dict) -> dict:
+    """A tile point carries no creator or refined position: look the image up (once; cached)."""
+    cache = client.run.store_dir / "entities" / row["id"][-2:] / f"{row['id']}.json"
+    if cache.exists():
+        entity = json.loads(cache.read_text())
+    else:
+        entity = client.graph(row["id"], {"fields": ",".join(SEARCH_FIELDS
+                                                              + (client.thumb_field,))})
+        with atomic_path(cache) as tmp:
+            tmp.write_text(json.dumps(entity))
+    # The city and the sequence caps were decided on the tile's point; keep them.
+    completed = _position(entity) or row
+    return dict(completed, city=row["city"], sequence=row["sequence"])
 
 
 def _fetch_verified(client: Client, row: dict) -> bytes:
