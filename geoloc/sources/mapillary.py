@@ -15,8 +15,8 @@ The contract is ../shared/reference/mapillary-api.md. In short:
   an expired link (403/404/410) is resolved again once through the entity endpoint;
 * transient failures (429 honouring Retry-After, 5xx, code -2 timeouts, resets, slow answers,
   truncated bodies) back off exponentially with jitter; 401 stops everything at once;
-* the token comes only from $MAPILLARY_TOKEN, goes only into the Authorization header, and is
-  scrubbed from any text this module raises or logs.
+* the token comes only from $MAPILLARY_TOKEN, goes only into the Authorization header (and the
+  query of tile URLs, as that host requires), and is scrubbed from any text raised or logged.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def remove_temporaries(store: Path) -> None:
 # ----------------------------------------------------------------------------------- HTTP client
 
 class Client:
-    """Graph API requests with a rate limit, retries and a token that never leaves the header."""
+    """Graph API and tile requests: a rate limit, retries, and the token only where it is due."""
 
     def __init__(self, cfg: MapillaryParams, token: str, run: FetchRun):
         self.cfg = cfg
