@@ -1,7 +1,8 @@
+import pandas as pd
 import pytest
 from conftest import ROOT
 
-from geoloc.data.cities import CitiesError, cities_of_batch, load_cities
+from geoloc.data.cities import CitiesError, cities_of_batch, load_cities, nearest_cities
 
 
 def test_repo_city_list():
@@ -37,3 +38,12 @@ def test_unknown_batch():
     cities = load_cities(ROOT / "data/cities.csv")
     with pytest.raises(CitiesError, match="batch 'batch99' has no cities"):
         cities_of_batch(cities, "batch99")
+
+
+def test_nearest_city_whose_circle_holds_the_point():
+    cities = pd.DataFrame({"city": ["A", "B"], "lat": [45.0, 45.0], "lon": [5.0, 5.02],
+                           "radius_km": [2.0, 0.5]})
+    # 1.2 km east of A is 0.4 km from B's centre: B is nearer and holds it.
+    assert nearest_cities([45.0, 45.0, 45.0, 46.0], [5.0, 5.0153, 4.99, 5.0], cities) == [
+        "A", "B", "A", None]
+    assert nearest_cities([], [], cities) == []

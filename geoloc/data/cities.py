@@ -6,9 +6,11 @@ import csv
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from geoloc.errors import GeolocError
+from geoloc.geo import pairwise_km
 
 CITIES_FILE = Path("data/cities.csv")
 COLUMNS = ["city", "lat", "lon", "radius_km", "batch"]
@@ -50,6 +52,18 @@ def cities_of_batch(cities: pd.DataFrame, batch: str) -> pd.DataFrame:
         known = ", ".join(sorted(cities["batch"].unique()))
         raise CitiesError(f"batch {batch!r} has no cities in {CITIES_FILE} (batches: {known})")
     return rows
+
+
+def nearest_cities(lat, lon, cities: pd.DataFrame) -> list[str | None]:
+    """For each point, the nearest city whose circle (radius_km) holds it; None outside all."""
+    if cities.empty or len(lat) == 0:
+        return [None] * len(lat)
+    km = pairwise_km(np.asarray(lat, float), np.asarray(lon, float),
+                     cities["lat"].to_numpy(float), cities["lon"].to_numpy(float))
+    km[km > cities["radius_km"].to_numpy(float)[None, :]] = np.inf
+    names = cities["city"].to_numpy()
+    return [str(names[j]) if np.isfinite(d) else None
+            for j, d in zip(km.argmin(axis=1), km.min(axis=1), strict=True)]
 
 
 def _parse_row(fields: list[str], where: str) -> dict:

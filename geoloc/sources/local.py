@@ -5,8 +5,8 @@ A photo's position comes from its EXIF GPS tags or, for the photos a CSV lists (
 nearest city of the batch whose radius holds it. Photos without a position, files that do not
 decode and photos outside every city of the batch are skipped, counted and reported.
 
-The files are hardlinked into the batch (copied where the filesystem refuses links) under a
-content id, so the same photo is the same image wherever it lives; the user's files are only read.
+The files are copied into the batch under a content id, so the same photo is the same image
+wherever it lives; the user's files are only read.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import pandas as pd
 from PIL import Image
 from PIL.ExifTags import GPS, IFD, Base
 
+from geoloc.data.cities import nearest_cities
 from geoloc.data.manifest import SCHEMA, conform
 from geoloc.errors import GeolocError
-from geoloc.geo import pairwise_km
 from geoloc.io import atomic_path
 from geoloc.params import LocalParams
 from geoloc.sources.run import FetchRun
@@ -97,8 +97,9 @@ def fetch(cities: pd.DataFrame, cfg: LocalParams, run: FetchRun) -> pd.DataFrame
     listed = _read_csv(Path(cfg.csv), folder) if cfg.csv else {}
     skipped: dict[str, list[str]] = collections.defaultdict(list)
     photos = _read_photos(folder, listed, skipped)
+    cities_of = nearest_cities([p.lat for p in photos], [p.lon for p in photos], cities)
     rows = []
-    for photo, city in zip(photos, _nearest_cities(photos, cities), strict=True):
+    for photo, city in zip(photos, cities_of, strict=True):
         if city is None:
             skipped["outside_cities"].append(photo.path.relative_to(folder).as_posix())
             continue
@@ -364,18 +365,6 @@ def _csv_time(text: str | None, where: str) -> int | None:
 
 
 # ----------------------------------------------------------------------- cities and output
-
-def _nearest_cities(photos: list[_Photo], cities: pd.DataFrame) -> list[str | None]:
-    """Each photo's nearest city among those whose radius holds it; None outside them all."""
-    if cities.empty:
-        return [None] * len(photos)
-    km = pairwise_km([p.lat for p in photos], [p.lon for p in photos],
-                     cities["lat"].to_numpy(float), cities["lon"].to_numpy(float))
-    km[km > cities["radius_km"].to_numpy(float)[None, :]] = np.inf
-    names = cities["city"].to_numpy()
-    return [str(names[j]) if np.isfinite(d) else None
-            for j, d in zip(km.argmin(axis=1), km.min(axis=1), strict=True)]
-
 
 def _place(src: Path, dest: Path, run: FetchRun) -> None:
     """Copy, never link: DVC may make its cached files read-only, and a hard link would carry

@@ -44,6 +44,7 @@ import requests
 from PIL import Image
 from tqdm import tqdm
 
+from geoloc.data.cities import nearest_cities
 from geoloc.data.manifest import SCHEMA, conform
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km
@@ -499,17 +500,8 @@ def _in_dates(row: dict, cfg: MapillaryParams) -> bool:
 
 def _assign_cities(rows: list[dict], cities: pd.DataFrame) -> list[dict]:
     """Each row goes to the nearest city whose circle holds it; rows outside every circle go."""
-    if not rows:
-        return []
-    lat = np.array([r["lat"] for r in rows])
-    lon = np.array([r["lon"] for r in rows])
-    dist = np.stack([haversine_km(lat, lon, c.lat, c.lon) for c in cities.itertuples()])
-    dist[dist > cities["radius_km"].to_numpy()[:, None]] = np.inf
-    nearest = dist.argmin(axis=0)
-    inside = np.isfinite(dist.min(axis=0))
-    names = cities["city"].tolist()
-    return [dict(r, city=names[c]) for r, c, ok in zip(rows, nearest, inside, strict=True)
-            if ok]
+    names = nearest_cities([r["lat"] for r in rows], [r["lon"] for r in rows], cities)
+    return [dict(r, city=name) for r, name in zip(rows, names, strict=True) if name]
 
 
 def _cap_sequences(rows: list[dict], cap: int) -> list[dict]:
