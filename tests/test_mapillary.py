@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -228,7 +229,9 @@ def test_killed_twice_then_resumed_equals_an_uninterrupted_run(tmp_path):
     with MapillaryServer(IMAGES, token=TOKEN, faults=ALL_FAULTS) as server:
         killed = project(tmp_path / "killed", server)
         store = killed / "data/downloads/mapillary/images"
-        for stop_after in (20, 80):   # JPEGs in the store when the kill comes
+        # Two random moments mid-download (named in any failure, to replay them).
+        moments = sorted(random.Random().sample(range(1, len(expected_ids(IMAGES)) * 4 // 5), 2))
+        for stop_after in moments:   # JPEGs in the store when the kill comes
             process = stage(killed)
             while len(list(store.rglob("*.jpg"))) < stop_after and process.poll() is None:
                 time.sleep(0.02)
@@ -243,8 +246,8 @@ def test_killed_twice_then_resumed_equals_an_uninterrupted_run(tmp_path):
         assert code == 0, log
         logs.append(log)
         # Finished images were not downloaded again.
-        assert all(server.downloads[i] == downloaded[i] for i in stored)
-    assert batch_files(killed) == batch_files(whole)
+        assert all(server.downloads[i] == downloaded[i] for i in stored), moments
+    assert batch_files(killed) == batch_files(whole), moments
     leftovers = [p for p in killed.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
     metrics = json.loads((killed / "metrics/fetch/batch01.json").read_text())
