@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Lists (dry run, the default) or deletes the raw JPEGs of batches whose "
                     "images are in the resize cache: in data/raw/<batch>/images, in the "
                     "download store and in DVC's cache.")
-    purge.add_argument("batches", nargs="*", help="batches to purge (default: every batch of "
-                                                  "params.yaml that is in the resize cache)")
+    purge.add_argument("batches", nargs="*",
+                       help="batches to purge (default: every batch in the resize cache)")
     purge.add_argument("--delete", action="store_true", help="delete (default: list only)")
     args = parser.parse_args(argv)
     try:
@@ -74,14 +74,11 @@ def _purge(args) -> int:
     params = load_params()
     paths = {"raw": Path("data/raw"), "index": Path("data/index"), "splits": Path("data/splits"),
              "cache": Path("data/cache"), "store": Path("data/downloads")}
-    batches = args.batches or sorted(
-        set(params.batches) & purge.cached_batches(paths["index"], paths["splits"],
-                                                   paths["cache"], params.cache.size))
-    if not batches:
-        print("nothing to purge: no batch of params.yaml is in the resize cache")
-        return 0
-    plan = purge.plan(batches, size=params.cache.size, lock=Path("dvc.lock"),
+    plan = purge.plan(args.batches, size=params.cache.size, lock=Path("dvc.lock"),
                       dvc_cache=Path(Repo(".").cache.local.path), **paths)
+    if not plan:
+        print("nothing to purge: no batch is in the resize cache")
+        return 0
     print(f"{'batch':10} {'files':>8} {'MB':>10}")
     for item in plan:
         print(f"{item.batch:10} {len(item.files):8d} {item.bytes / 1e6:10.1f}")

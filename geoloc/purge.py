@@ -39,16 +39,19 @@ class BatchPurge:
 
 def plan(batches: Iterable[str], *, raw: Path, index: Path, splits: Path, cache: Path,
          size: int, store: Path, dvc_cache: Path | None, lock: Path) -> list[BatchPurge]:
-    """What purging `batches` would delete; refuses a batch that is not in the resize cache."""
+    """What purging `batches` would delete; refuses a batch that is not in the resize cache.
+    An empty `batches` means every batch that is."""
     cached = cached_batches(index, splits, cache, size)
+    outs = _locked_outs(lock) if dvc_cache else {}
     purges = []
-    for batch in batches:
+    for batch in batches or sorted(cached):
         if batch not in cached:
             raise PurgeError(
                 f"{batch} is not in the resize cache ({cache}, size {size}): run `dvc repro "
                 f"resize_cache` first, or its JPEGs would be needed again")
         images = sorted((raw / batch / "images").glob("*.jpg"))
-        objects = _dvc_objects(lock, dvc_cache, f"{raw}/{batch}") if dvc_cache else []
+        listing = outs.get(f"{raw}/{batch}")
+        objects = _dvc_objects(dvc_cache, listing) if listing else []
         purges.append(BatchPurge(batch, images + objects))
     _add_store_links(purges, store)
     for purge in purges:
@@ -81,15 +84,16 @@ def cached_batches(index: Path, splits: Path, cache: Path, size: int) -> set[str
     return set(used["batch"].unique())
 
 
-def _dvc_objects(lock: Path, dvc_cache: Path, out_path: str) -> list[Path]:
-    """The DVC cache files of one output folder, from its .dir listing in dvc.lock."""
+def _locked_outs(lock: Path) -> dict[str, str]:
+    """Output path -> hash, as dvc.lock records them."""
     if not lock.exists():
-        return []
+        return {}
     stages = yaml.safe_load(lock.read_text()).get("stages", {})
-    listing = next((o["md5"] for s in stages.values() for o in s.get("outs", [])
-                    if o["path"] == out_path), None)
-    if listing is None:
-        return []
+    return {o["path"]: o["md5"] for stage in stages.values() for o in stage.get("outs", [])}
+
+
+def _dvc_objects(dvc_cache: Path, listing: str) -> list[Path]:
+    """The DVC cache files of one output folder, from its .dir listing."""
     dir_file = dvc_cache / listing[:2] / listing[2:]
     if not dir_file.exists():
         return []

@@ -143,6 +143,7 @@ class Client:
         # Tile URLs carry the token, URL-encoded, and urllib3 logs request URLs at DEBUG.
         _SCRUBBER.tokens.update({token, urllib.parse.quote(token, safe=""),
                                  urllib.parse.quote_plus(token)})
+        logging.getLogger("urllib3.connectionpool").addFilter(_SCRUBBER)  # once: a set
         self._limiter = RateLimiter(cfg.requests_per_second)
         self._local = threading.local()
         self._retry = backoff.on_exception(
@@ -286,7 +287,6 @@ class _TokenScrubber(logging.Filter):
 
 
 _SCRUBBER = _TokenScrubber()
-logging.getLogger("urllib3.connectionpool").addFilter(_SCRUBBER)
 
 
 def _error_of(response: requests.Response) -> dict:
