@@ -566,20 +566,16 @@ def _complete(client: Client, row: dict) -> dict:
 
 
 def _fetch_verified(client: Client, row: dict) -> bytes:
-    url = row.get(client.thumb_field)
-    for attempt in range(2):
-        if not url:
-            url = _resolve(client, row["id"])
-        try:
-            body = client.thumbnail(url)
-        except _ExpiredLink:
-            client.run.count("expired_link")
-            if attempt:
-                raise _Gone() from None
-            url = None  # resolve the id again, once
-            continue
-        return body
-    raise AssertionError("unreachable")
+    """The JPEG through the link the listing gave; once more through a fresh link if expired."""
+    try:
+        return client.thumbnail(row.get(client.thumb_field) or _resolve(client, row["id"]))
+    except _ExpiredLink:
+        client.run.count("expired_link")
+    try:
+        return client.thumbnail(_resolve(client, row["id"]))
+    except _ExpiredLink:
+        client.run.count("expired_link")
+        raise _Gone() from None
 
 
 def _resolve(client: Client, image_id: str) -> str:
