@@ -188,20 +188,26 @@ def project(tmp_path: Path, server: MapillaryServer, **mapillary_changes) -> Pat
     return tmp_path
 
 
-def stage(repo: Path, token: str | None = TOKEN, **popen) -> subprocess.Popen:
+def stage(repo: Path, token: str | None = TOKEN) -> subprocess.Popen:
+    """stages/fetch.py in repo, its output in a log file beside the project: a pipe nobody
+    reads while the test waits would fill up and stall the stage."""
     env = {k: v for k, v in os.environ.items() if k != "MAPILLARY_TOKEN"}
     env.update(PYTHONPATH=str(ROOT), GEOLOC_LOG_LEVEL="DEBUG")
     if token is not None:
         env["MAPILLARY_TOKEN"] = token
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "stages/fetch.py"), "--batch", "batch01",
-         "--out", "data/raw/batch01", "--metrics", "metrics/fetch/batch01.json"],
-        cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    log = repo.parent / f"{repo.name}-{len(list(repo.parent.glob(repo.name + '-*.log')))}.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "stages/fetch.py"), "--batch", "batch01",
+             "--out", "data/raw/batch01", "--metrics", "metrics/fetch/batch01.json"],
+            cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    process.log = log
+    return process
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str]:
-    out, err = process.communicate(timeout=300)
-    return process.returncode, out + err
+    process.wait(timeout=300)
+    return process.returncode, process.log.read_text()
 
 
 def batch_files(repo: Path) -> dict[str, bytes]:
@@ -260,7 +266,7 @@ def test_killed_twice_then_resumed_equals_an_uninterrupted_run(tmp_path):
 
 def test_a_refused_token_stops_with_one_message(tmp_path):
     with MapillaryServer(IMAGES, token=TOKEN + "-current") as server:
-        repo = project(tmp_path, server)
+        repo = project(tmp_path / "project", server)
         code, log = finish(stage(repo))
     assert code == 2 and "Traceback" not in log
     (line,) = [ln for ln in log.splitlines() if "ERROR" in ln]
@@ -271,7 +277,7 @@ def test_a_refused_token_stops_with_one_message(tmp_path):
 
 def test_no_token_stops_before_any_request(tmp_path):
     with MapillaryServer(IMAGES, token=TOKEN) as server:
-        repo = project(tmp_path, server)
+        repo = project(tmp_path / "project", server)
         code, log = finish(stage(repo, token=None))
         assert server.requests == []
     assert code == 2 and "Traceback" not in log
