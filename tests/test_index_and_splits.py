@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geoloc.data.cells import build_index, data_stats
+from geoloc.data.cells import build_index, data_stats, imbalance
 from geoloc.data.splits import SPLITS, assign_sequences, make_splits
 from geoloc.errors import GeolocError
 
@@ -34,6 +34,16 @@ def test_index_drops_small_cells_and_labels_contiguously():
     stats = data_stats(labelled, cells, n_fetched=len(images) + 3)
     assert stats["images_dropped_small_cells"] == 3
     assert stats["cities"] == 4 and stats["cells"] == len(cells)
+
+
+def test_imbalance_is_zero_gini_and_full_entropy_when_even():
+    assert imbalance([7, 7, 7, 7]) == pytest.approx({"gini": 0.0, "normalised_entropy": 1.0})
+    skewed = imbalance([1, 1, 1, 97])
+    assert skewed["gini"] == pytest.approx(0.72)   # (-3 - 1 + 1 + 3 * 97) / (4 * 100)
+    assert 0 < skewed["normalised_entropy"] < 0.2
+    assert imbalance([1, 2]) == pytest.approx(
+        {"gini": 1 / 6, "normalised_entropy": -(1 / 3 * np.log(1 / 3) + 2 / 3 * np.log(2 / 3))
+         / np.log(2)})
 
 
 def test_index_with_no_big_enough_cell_is_a_clear_error():

@@ -78,6 +78,8 @@ def test_repro_writes_every_metric(repo):
                   for b in TINY["batches"])
     assert data["images"] + data["images_dropped_small_cells"] == fetched
     assert data["cities"] == 10
+    assert 0 <= data["cell_imbalance"]["gini"] < 1
+    assert 0 < data["cell_imbalance"]["normalised_entropy"] <= 1
     split = json.loads((repo / "metrics/split.json").read_text())
     assert split["shared_sequences"] == 0
     assert split["images"]["test"] == evaluation["images"]

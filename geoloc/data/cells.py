@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from geoloc.errors import GeolocError
@@ -57,9 +58,24 @@ def data_stats(images: pd.DataFrame, cells: pd.DataFrame, n_fetched: int) -> dic
         "cells": len(cells),
         "images_per_cell": {"min": int(per_cell.min()), "median": float(per_cell.median()),
                             "max": int(per_cell.max())},
+        "cell_imbalance": imbalance(per_cell.to_numpy()),
         "images_per_city": images["city"].value_counts().sort_index().to_dict(),
         "images_per_batch": images["batch"].value_counts().sort_index().to_dict(),
     }
+
+
+def imbalance(counts: np.ndarray) -> dict:
+    """How unevenly images spread over cells: the Gini coefficient (0 when every cell holds as
+    many, towards 1 when one holds all) and the entropy of the shares over its maximum, log K
+    (1 when even)."""
+    counts = np.sort(np.asarray(counts, dtype=float))
+    k = len(counts)
+    shares = counts / counts.sum()
+    # Gini from the sorted values: sum_i (2i - k - 1) x_i / (k sum x), i = 1..k.
+    gini = float(((2 * np.arange(1, k + 1) - k - 1) * counts).sum() / (k * counts.sum()))
+    nonzero = shares[shares > 0]
+    entropy = float(-(nonzero * np.log(nonzero)).sum() / np.log(k)) if k > 1 else 1.0
+    return {"gini": gini, "normalised_entropy": entropy}
 
 
 def write_index(images: pd.DataFrame, cells: pd.DataFrame, out_dir: Path) -> None:
