@@ -103,6 +103,8 @@ class SplitParams:
     seed: int = knob(min=0)
     val_fraction: float = knob(min=0.0, max=0.9)
     test_fraction: float = knob(min=0.0, max=0.9)
+    twin_max_gap_s: float = knob(min=0.0, max=3600.0)
+    twin_max_gap_m: float = knob(min=0.0, max=10000.0)
 
     def check(self, key: str) -> None:
         if self.val_fraction + self.test_fraction >= 1.0:

@@ -21,7 +21,7 @@ def main() -> None:
 
     cfg = load_params().split
     images, cells = load_index(args.index)
-    frames, cells, audit = make_splits(images, cells, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    frames, cells, audit = make_splits(images, cells, cfg)
     with atomic_dir(args.out) as tmp:
         write_splits(frames, cells, tmp)
     write_json(audit, args.metrics)

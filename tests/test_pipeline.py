@@ -81,7 +81,7 @@ def test_repro_writes_every_metric(repo):
     assert 0 <= data["cell_imbalance"]["gini"] < 1
     assert 0 < data["cell_imbalance"]["normalised_entropy"] <= 1
     split = json.loads((repo / "metrics/split.json").read_text())
-    assert split["shared_sequences"] == 0
+    assert split["shared_sequences"] == 0 == split["shared_twin_groups"]
     assert split["images"]["test"] == evaluation["images"]
     train_log = json.loads((repo / "metrics/train/metrics.json").read_text())
     assert "val_median_km" in train_log
