@@ -26,9 +26,8 @@ CITY = pd.DataFrame({"city": ["Annecy"], "lat": [45.8992], "lon": [6.1294], "rad
                      "batch": ["bench"]})
 
 
-def images_per_second(server: MapillaryServer, concurrency: int) -> tuple[float, int]:
-    cfg = dataclasses.replace(load_params(ROOT / "params.yaml").fetch.mapillary,
-                              graph_url=server.url, concurrency=concurrency)
+def images_per_second(cfg, concurrency: int) -> tuple[float, int]:
+    cfg = dataclasses.replace(cfg, concurrency=concurrency)
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "downloads"
         run = FetchRun("bench", Path(tmp) / "bench", store, DiskBudget(store, 10.0))
@@ -45,13 +44,15 @@ def main() -> None:
 
     os.environ["MAPILLARY_TOKEN"] = TOKEN
     world = make_world(CITY, seed=0, sequences_per_city=12, frames=(8, 16), outside=0)
-    concurrency = load_params(ROOT / "params.yaml").fetch.mapillary.concurrency
+    defaults = load_params(ROOT / "params.yaml").fetch.mapillary
+    concurrency = defaults.concurrency
     with MapillaryServer(world, token=TOKEN, jpeg_long_side=1024) as server:
         for image in world:  # encode the JPEGs once, before the clock runs
             server.jpeg_bytes(image.id, 1024)
         server.faults.latency_s = args.latency_ms / 1000
-        parallel, images = images_per_second(server, concurrency)
-        serial, _ = images_per_second(server, 1)
+        cfg = dataclasses.replace(defaults, graph_url=server.url)
+        parallel, images = images_per_second(cfg, concurrency)
+        serial, _ = images_per_second(cfg, 1)
     record(args.out, {
         "fetch_images": images, "fetch_latency_ms": args.latency_ms,
         "fetch_concurrency": concurrency, "fetch_images_per_s": parallel,

@@ -70,10 +70,11 @@ def _purge(args) -> int:
 
     from geoloc import purge
     from geoloc.params import load_params
+    from geoloc.sources.run import DOWNLOADS_DIR
 
     params = load_params()
     paths = {"raw": Path("data/raw"), "index": Path("data/index"), "splits": Path("data/splits"),
-             "cache": Path("data/cache"), "store": Path("data/downloads")}
+             "cache": Path("data/cache"), "store": DOWNLOADS_DIR}
     plan = purge.plan(args.batches, size=params.cache.size, lock=Path("dvc.lock"),
                       dvc_cache=Path(Repo(".").cache.local.path), **paths)
     if not plan:

@@ -10,7 +10,7 @@ from geoloc.data.manifest import write_manifest
 from geoloc.io import atomic_dir, write_json
 from geoloc.params import load_params
 from geoloc.sources import fetch_batch
-from geoloc.sources.run import DiskBudget, FetchRun
+from geoloc.sources.run import DOWNLOADS_DIR, DiskBudget, FetchRun
 from geoloc.stage import run_stage
 
 log = logging.getLogger("stages.fetch")
@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--batch", required=True, help="batch name, e.g. batch01")
     parser.add_argument("--cities", default="data/cities.csv")
     parser.add_argument("--out", required=True, help="the batch folder, e.g. data/raw/batch01")
-    parser.add_argument("--store", default="data/downloads",
+    parser.add_argument("--store", default=DOWNLOADS_DIR, type=Path,
                         help="downloads kept between runs, so a killed fetch resumes")
     parser.add_argument("--metrics", required=True, help="e.g. metrics/fetch/batch01.json")
     args = parser.parse_args()
@@ -31,8 +31,8 @@ def main() -> None:
     started = time.monotonic()
     with atomic_dir(args.out) as tmp:
         run = FetchRun(batch=args.batch, out_dir=tmp,
-                       store_dir=Path(args.store) / params.fetch.source,
-                       budget=DiskBudget(Path(args.store), params.fetch.max_disk_gb))
+                       store_dir=args.store / params.fetch.source,
+                       budget=DiskBudget(args.store, params.fetch.max_disk_gb))
         manifest = fetch_batch(cities, params.fetch, run)
         write_manifest(manifest, tmp)
         figures = run.metrics(manifest, time.monotonic() - started)

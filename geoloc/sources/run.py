@@ -13,6 +13,7 @@ import pandas as pd
 from geoloc.errors import GeolocError
 
 GB = 1024**3
+DOWNLOADS_DIR = Path("data/downloads")   # the default store; git-ignored, not a DVC output
 
 
 class DiskBudgetError(GeolocError):
