@@ -20,7 +20,10 @@ Generative model
 * Drives.  A sequence is a random walk along the streets: 10-26 m steps (5-30 m chords), a
   turn at some intersections, a U-turn near the radius; compass angle = street heading plus
   the camera's yaw and jitter; frames 1-6 s apart from a random daytime start in 2015-2025;
-  one creator per sequence among 2-5 per city.
+  one creator per sequence among 2-5 per city.  As on Mapillary, coverage is uneven and
+  repeated: most drives start near one of a few popular spots of the city, so drives share
+  streets; and some drives are uploaded in two parts (two sequences, one creator, no gap),
+  the twins a sequence-disjoint split must keep together.
 * Camera.  Per sequence: focal length, height, lane, pitch, roll, yaw, exposure, white
   balance, contrast, saturation, vignetting, blur, fixed-pattern noise, sometimes a car
   bonnet, weather and sun; per frame small shifts, exposure jitter and shot noise.  Frames of
@@ -60,6 +63,10 @@ GPS_NOISE_M = 0.7          # per axis, uniform
 TURN_PROB = 0.35           # chance to turn at an intersection the step crosses
 START_FRACTION = 0.6       # drives start within this share of the radius
 EDGE_FRACTION = 0.95       # a step ending beyond this share of the radius turns back instead
+HOTSPOTS = 3               # popular spots per city, within START_FRACTION / 2 of the radius
+HOTSPOT_SHARE = 0.6        # chance that a drive starts near a popular spot
+HOTSPOT_RADIUS_M = 300.0   # ... within this distance of it
+TWIN_SHARE = 0.15          # chance that a drive of 4 frames or more is uploaded in two parts
 
 TIME_START_MS = 1_420_070_400_000   # 2015-01-01T00:00Z
 N_DAYS = 4018                       # up to 2025-12-31
@@ -249,6 +256,7 @@ class _City:
     field_bias: np.ndarray   # (N_FIELDS,) the city's overall lean (taller, greener...)
     ridge: np.ndarray | None  # (720,) tan(elevation) of the skyline per half degree, or None
     creators: tuple
+    hotspots: np.ndarray     # (HOTSPOTS, 2) popular spots, ENU metres
 
     def rng(self, *tags: int) -> np.random.Generator:
         """A generator of its own per (seed, city, tags): nothing else shifts its stream."""
@@ -337,7 +345,16 @@ def _make_city(row, seed: int) -> _City:
         ridge=_ridge(rng, _ridge_height(lat, lon)) if style.name == "mountains" else None,
         creators=tuple(f"user_{_digest(seed, 'creator', name, i).hex()[:6]}"
                        for i in range(n_creators)),
+        # Drawn last, so the city's look does not depend on them.
+        hotspots=np.array([_in_disc(rng, START_FRACTION / 2 * float(row.radius_km) * 1000.0)
+                           for _ in range(HOTSPOTS)]),
     )
+
+
+def _in_disc(rng: np.random.Generator, radius: float) -> np.ndarray:
+    """A point drawn uniformly in the disc of this radius around the origin."""
+    r, a = radius * math.sqrt(rng.random()), rng.uniform(0, 2 * np.pi)
+    return np.array([r * math.cos(a), r * math.sin(a)])
 
 
 def _jitter_colour(rgb, rng: np.random.Generator) -> np.ndarray:
@@ -394,9 +411,11 @@ class _Shot:
 
 def _drive(city: _City, rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, int]]:
     """A random walk along the streets: n (grid position, direction) pairs."""
-    r = START_FRACTION * city.radius_m * math.sqrt(rng.random())
-    a = rng.uniform(0, 2 * np.pi)
-    g = city.to_grid(np.array([r * math.cos(a), r * math.sin(a)]))
+    if rng.random() < HOTSPOT_SHARE:
+        start = city.hotspots[rng.integers(HOTSPOTS)] + _in_disc(rng, HOTSPOT_RADIUS_M)
+    else:
+        start = _in_disc(rng, START_FRACTION * city.radius_m)
+    g = city.to_grid(start)
     axis = int(rng.integers(2))
     line = city.spacing[1 - axis]
     g[1 - axis] = round(g[1 - axis] / line) * line      # snap onto the nearest street
@@ -932,9 +951,10 @@ def _image_id(city: _City, sequence: int, frame: int) -> str:
     return str(10**15 + h % (9 * 10**15))
 
 
-def _sequence_id(city: _City, sequence: int) -> str:
+def _sequence_id(city: _City, sequence: int, part: int = 0) -> str:
     """22 alphanumeric characters, like Mapillary's sequence keys."""
-    h = int.from_bytes(_digest(city.seed, "sequence", city.name, sequence), "little")
+    key = (sequence,) if part == 0 else (sequence, "part", part)
+    h = int.from_bytes(_digest(city.seed, "sequence", city.name, *key), "little")
     chars = []
     for _ in range(22):
         h, r = divmod(h, 62)
@@ -950,12 +970,14 @@ def _render_city(city: _City, settings: dict, batch: str, image_dir: Path) -> li
         rng = city.rng(RNG_SEQUENCE, s)
         noise_rng = city.rng(RNG_NOISE, s)
         n = int(rng.integers(settings["frames_min"], settings["frames_max"] + 1))
+        # A drive uploaded in two parts: frames from `cut` on form a second sequence.
+        cut = int(rng.integers(2, n - 1)) if n >= 4 and rng.random() < TWIN_SHARE else n
         path = _drive(city, rng, n)
         enu = city.to_enu(np.array([g for g, _ in path]))
         steps = np.hypot(*np.diff(enu, axis=0).T)
         times, hour = _capture_times(rng, steps)
         creator = city.creators[int(rng.integers(len(city.creators)))]
-        sequence_id = _sequence_id(city, s)
+        parts = (_sequence_id(city, s), _sequence_id(city, s, part=1))
         cam = _camera(city, rng, noise_rng, hour, width, height)
         # What a GPS and a compass would report: the true pose plus noise.
         lat, lon = city.to_latlon(enu + rng.uniform(-GPS_NOISE_M, GPS_NOISE_M, size=enu.shape))
@@ -971,7 +993,7 @@ def _render_city(city: _City, settings: dict, batch: str, image_dir: Path) -> li
                                              quality=settings["jpeg_quality"])
             rows.append({
                 "image_id": image_id, "lat": float(lat[f]), "lon": float(lon[f]),
-                "captured_at": int(times[f]), "sequence_id": sequence_id,
+                "captured_at": int(times[f]), "sequence_id": parts[f >= cut],
                 "compass_angle": float(compass), "creator": creator, "source": SOURCE,
                 "city": city.name, "batch": batch, "path": relative,
                 "width": width, "height": height,
