@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import h3
 import numpy as np
+from scipy.spatial import cKDTree
 
 EARTH_RADIUS_KM = 6371.0
 
@@ -21,6 +22,22 @@ def pairwise_km(lat1, lon1, lat2, lon2) -> np.ndarray:
     """Distance matrix (len(lat1) x len(lat2)) in km."""
     return haversine_km(np.asarray(lat1)[:, None], np.asarray(lon1)[:, None],
                         np.asarray(lat2)[None, :], np.asarray(lon2)[None, :])
+
+
+def nearest_km(lat, lon, ref_lat, ref_lon) -> np.ndarray:
+    """Distance in km from each point to its nearest reference point.
+
+    A k-d tree over unit vectors: the nearest by chord is the nearest on the sphere, so this
+    is exact and takes O(n log n), where pairwise_km would need n x m memory."""
+    if len(ref_lat) == 0:
+        return np.full(len(lat), np.inf)
+    chord, _ = cKDTree(_unit_vectors(ref_lat, ref_lon)).query(_unit_vectors(lat, lon))
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.clip(np.asarray(chord) / 2, 0.0, 1.0))
+
+
+def _unit_vectors(lat, lon) -> np.ndarray:
+    lat, lon = (np.radians(np.asarray(v, dtype=np.float64)) for v in (lat, lon))
+    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
 
 
 def cells_of(lat, lon, resolution: int) -> list[str]:

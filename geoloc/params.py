@@ -94,8 +94,22 @@ class FetchParams:
 
 @dataclass(frozen=True)
 class IndexParams:
-    resolution: int = knob(min=0, max=15)
+    coarsest_resolution: int = knob(min=0, max=15)
+    finest_resolution: int = knob(min=0, max=15)
+    max_images_per_cell: int = knob(min=1)
     min_images_per_cell: int = knob(min=1)
+    cap_images_per_cell: int | None = knob(min=1)
+
+    def check(self, key: str) -> None:
+        if self.coarsest_resolution > self.finest_resolution:
+            raise ParamsError(
+                f"{key}.coarsest_resolution ({self.coarsest_resolution}) is finer than "
+                f"{key}.finest_resolution ({self.finest_resolution}): H3 resolutions grow "
+                f"finer as the number grows")
+        if self.min_images_per_cell > self.max_images_per_cell:
+            raise ParamsError(
+                f"{key}.min_images_per_cell ({self.min_images_per_cell}) is larger than "
+                f"{key}.max_images_per_cell ({self.max_images_per_cell})")
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,9 @@ class SplitParams:
     test_fraction: float = knob(min=0.0, max=0.9)
     twin_max_gap_s: float = knob(min=0.0, max=3600.0)
     twin_max_gap_m: float = knob(min=0.0, max=10000.0)
+    protocol: str = knob(choices=("sequence", "spatial"))
+    block_resolution: int = knob(min=0, max=15)
+    one_image_per_sequence: bool = knob()
 
     def check(self, key: str) -> None:
         if self.val_fraction + self.test_fraction >= 1.0:
@@ -171,6 +188,11 @@ class Params:
             raise ParamsError("batches: list at least one batch of data/cities.csv")
         if len(set(self.batches)) != len(self.batches):
             raise ParamsError(f"batches: a batch is listed twice in {self.batches}")
+        if self.split.block_resolution <= self.index.finest_resolution:
+            raise ParamsError(
+                f"split.block_resolution ({self.split.block_resolution}) must be finer than "
+                f"index.finest_resolution ({self.index.finest_resolution}): a block as large "
+                f"as a cell would send the whole cell to val or test, with no train image")
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

@@ -2,7 +2,14 @@ import h3
 import numpy as np
 import pytest
 
-from geoloc.geo import cell_center, cell_resolution, cells_of, haversine_km, pairwise_km
+from geoloc.geo import (
+    cell_center,
+    cell_resolution,
+    cells_of,
+    haversine_km,
+    nearest_km,
+    pairwise_km,
+)
 
 PARIS = (48.8566, 2.3522)
 MARSEILLE = (43.2965, 5.3698)
@@ -42,3 +49,13 @@ def test_h3_round_trip(resolution):
         # the centre lies in its own cell, and every point lies within ~one edge of its centre
         assert cells_of([center[0]], [center[1]], resolution) == [cell]
         assert haversine_km(lat, lon, *center) < 1.5 * edge_km
+
+
+def test_nearest_km_matches_brute_force_and_handles_no_reference():
+    rng = np.random.default_rng(0)
+    lat, lon = rng.uniform(41, 51, 300), rng.uniform(-5, 10, 300)
+    ref_lat, ref_lon = rng.uniform(41, 51, 500), rng.uniform(-5, 10, 500)
+    brute = pairwise_km(lat, lon, ref_lat, ref_lon).min(axis=1)
+    assert nearest_km(lat, lon, ref_lat, ref_lon) == pytest.approx(brute, abs=1e-6)
+    assert nearest_km(lat[:3], lon[:3], lat[:3], lon[:3]) == pytest.approx([0, 0, 0], abs=1e-6)
+    assert np.isinf(nearest_km(lat[:2], lon[:2], [], [])).all()

@@ -1,3 +1,6 @@
+from dataclasses import replace
+
+import h3
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,8 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geoloc.data.cells import build_index, data_stats, imbalance
-from geoloc.data.splits import SPLITS, assign_sequences, make_splits, twin_groups
+from geoloc.data.splits import (
+    PROTOCOLS,
+    SPLITS,
+    assign_units,
+    distances_by_protocol,
+    make_splits,
+    twin_groups,
+)
 from geoloc.errors import GeolocError
+from geoloc.geo import pairwise_km
+from geoloc.params import IndexParams
 
 SPLIT = tiny_params().split
 
@@ -29,18 +41,128 @@ def fake_images(cities: int = 4, sequences: int = 8, frames: int = 10, seed: int
     return pd.DataFrame(rows)
 
 
-def test_index_drops_small_cells_and_labels_contiguously():
-    images = fake_images()
-    far = images.iloc[:3].assign(image_id=["x1", "x2", "x3"], lat=30.0, lon=-20.0)
-    labelled, cells = build_index(pd.concat([images, far]), resolution=5, min_images=5)
-    assert len(labelled) == len(images)                      # the lonely 3 were dropped
+def index_cfg(**changes) -> IndexParams:
+    return replace(tiny_params().index, **changes)
+
+
+def cluster(n: int, lat: float, lon: float, spread_deg: float, seed: int,
+            sequence: str = "s") -> pd.DataFrame:
+    """n images around (lat, lon), ten frames per sequence."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "image_id": [f"{sequence}{seed}-{i:05d}" for i in range(n)],
+        "sequence_id": [f"{sequence}{seed}-{i // 10}" for i in range(n)],
+        "city": "c", "batch": "batch01", "creator": "u",
+        "captured_at": 1_600_000_000_000 + 2000 * np.arange(n),
+        "lat": lat + rng.normal(0, spread_deg, n), "lon": lon + rng.normal(0, spread_deg, n)})
+
+
+def test_dense_places_get_finer_cells_and_sparse_ones_stay_coarse():
+    images = pd.concat([cluster(600, 48.85, 2.35, 0.03, seed=0),      # a dense city
+                        cluster(40, 45.0, 1.0, 0.01, seed=1),         # a small town
+                        cluster(3, 43.0, -1.0, 0.001, seed=2)])       # three lonely photos
+    cfg = index_cfg(coarsest_resolution=4, finest_resolution=6, max_images_per_cell=100,
+                    min_images_per_cell=10)
+    labelled, cells, dropped = build_index(images, cfg)
+    assert dropped["cap"] == 0
+    assert len(labelled) == len(images) - dropped["small_cells"]
+    assert not labelled["image_id"].str.startswith("s2-").any()   # the lonely three
     assert cells["label"].tolist() == list(range(len(cells)))
     assert cells["cell"].is_monotonic_increasing
-    assert (cells["n_images"] >= 5).all()
     assert labelled.groupby("label").size().tolist() == cells["n_images"].tolist()
-    stats = data_stats(labelled, cells, n_fetched=len(images) + 3)
-    assert stats["images_dropped_small_cells"] == 3
-    assert stats["cities"] == 4 and stats["cells"] == len(cells)
+    town = h3.latlng_to_cell(45.0, 1.0, 4)
+    assert town in set(cells["cell"])                      # 40 images: not split
+    city = cells[cells["cell"].map(lambda c: h3.cell_to_parent(c, 4))
+                 == h3.latlng_to_cell(48.85, 2.35, 4)]
+    assert len(city) > 3 and city["resolution"].max() == 6
+    assert (labelled[[f"cell_r{r}" for r in (4, 5, 6)]].notna()).all().all()
+    stats = data_stats(labelled, cells, dropped)
+    assert stats["images_dropped_small_cells"] == dropped["small_cells"]
+    assert stats["cells"] == len(cells)
+    assert sum(stats["cells_per_resolution"].values()) == len(cells)
+
+
+def test_a_small_cell_merges_into_its_parent():
+    parent = h3.latlng_to_cell(45.0, 5.0, 5)
+    children = sorted(h3.cell_to_children(parent, 6))
+    # 30 images in one child, 4 in each of two others: the 8 are kept by the parent
+    points = [h3.cell_to_latlng(children[0])] * 30 + [h3.cell_to_latlng(children[1])] * 4 \
+        + [h3.cell_to_latlng(children[2])] * 4
+    images = cluster(len(points), 0, 0, 0, seed=0).assign(
+        lat=[p[0] for p in points], lon=[p[1] for p in points])
+    cfg = index_cfg(coarsest_resolution=5, finest_resolution=6, max_images_per_cell=20,
+                    min_images_per_cell=5)
+    labelled, cells, dropped = build_index(images, cfg)
+    assert dict(zip(cells["cell"], cells["n_images"], strict=True)) == {children[0]: 30,
+                                                                         parent: 8}
+    assert dropped["small_cells"] == 0
+    (row,) = cells[cells["cell"] == children[0]].itertuples()
+    assert row.parents == [parent]
+    assert cells.loc[cells["cell"] == parent, "label"].item() in row.neighbours
+
+
+def test_the_cap_keeps_one_image_per_sequence_first_and_is_stable():
+    images = cluster(200, 45.0, 5.0, 0.001, seed=0)
+    cfg = index_cfg(coarsest_resolution=5, finest_resolution=5, max_images_per_cell=1000,
+                    min_images_per_cell=1, cap_images_per_cell=25)
+    labelled, cells, dropped = build_index(images, cfg)
+    assert dropped == {"small_cells": 0, "cap": 175} and cells["n_images"].tolist() == [25]
+    assert labelled["sequence_id"].nunique() == 20          # every sequence, then a second
+    more = pd.concat([images, cluster(50, 45.0, 5.0, 0.001, seed=0, sequence="t")])
+    again, _, _ = build_index(more, cfg)
+    kept_before = set(labelled["image_id"])
+    assert len(kept_before & set(again["image_id"])) >= 10  # new batches shift little
+
+
+@st.composite
+def scattered(draw) -> pd.DataFrame:
+    """Clusters of photos of random size and spread over a region of France."""
+    frames = []
+    for c in range(draw(st.integers(1, 5))):
+        frames.append(cluster(draw(st.integers(1, 300)), draw(st.floats(44.0, 48.0)),
+                              draw(st.floats(0.0, 6.0)), draw(st.sampled_from([0.001, 0.02, 0.2])),
+                              seed=c))
+    return pd.concat(frames, ignore_index=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(scattered(), st.integers(3, 5), st.integers(0, 2), st.integers(5, 120),
+       st.integers(1, 20))
+def test_adaptive_cells_respect_limits_and_agree_with_h3(images, coarsest, depth, most, least):
+    cfg = index_cfg(coarsest_resolution=coarsest, finest_resolution=coarsest + depth,
+                    max_images_per_cell=max(most, least), min_images_per_cell=least)
+    try:
+        labelled, cells, dropped = build_index(images, cfg)
+    except GeolocError:
+        return  # nothing reached the minimum
+    assert len(labelled) + dropped["small_cells"] == len(images)
+    kept = set(cells["cell"])
+    for row in cells.itertuples():
+        assert row.n_images >= cfg.min_images_per_cell
+        # Above the maximum only at the finest resolution, or as the rest of a split cell:
+        # children that each stayed below the minimum.
+        if row.n_images > cfg.max_images_per_cell and row.resolution < cfg.finest_resolution:
+            assert row.n_images <= 7 * (cfg.min_images_per_cell - 1)
+        assert cfg.coarsest_resolution <= row.resolution <= cfg.finest_resolution
+        assert row.parents == [h3.cell_to_parent(row.cell, r)
+                               for r in range(cfg.coarsest_resolution, row.resolution)]
+        assert row.label not in row.neighbours
+        for other in row.neighbours:
+            neighbour = cells.loc[other]
+            assert row.label in neighbour["neighbours"]            # symmetric
+            coarse, fine = sorted([(row.resolution, row.cell),
+                                   (neighbour["resolution"], neighbour["cell"])])
+            # the finer cell's ancestor at the coarser one's resolution is it or touches it
+            assert h3.grid_distance(h3.cell_to_parent(fine[1], coarse[0]), coarse[1]) <= 1
+        for other in h3.grid_ring(row.cell, 1):
+            if other in kept:                                       # h3 neighbours are listed
+                assert cells.loc[cells["cell"] == other, "label"].item() in row.neighbours
+    # each image is in the finest kept cell that holds it
+    for image in labelled.itertuples():
+        fine = h3.latlng_to_cell(image.lat, image.lon, cfg.finest_resolution)
+        ancestors = [h3.cell_to_parent(fine, r) for r in range(cfg.coarsest_resolution,
+                                                                 cfg.finest_resolution + 1)]
+        assert image.cell == [a for a in ancestors if a in kept][-1]
 
 
 def test_imbalance_is_zero_gini_and_full_entropy_when_even():
@@ -55,15 +177,16 @@ def test_imbalance_is_zero_gini_and_full_entropy_when_even():
 
 def test_index_with_no_big_enough_cell_is_a_clear_error():
     with pytest.raises(GeolocError, match="index.min_images_per_cell"):
-        build_index(fake_images(cities=1, sequences=1, frames=3), resolution=5, min_images=10)
+        build_index(fake_images(cities=1, sequences=1, frames=3),
+                    index_cfg(min_images_per_cell=10))
 
 
 def test_splits_are_sequence_disjoint_deterministic_and_proportional():
     images = fake_images(cities=5, sequences=20)
-    groups = twin_groups(images, 60, 50)
-    split = assign_sequences(images, groups, 0.15, 0.15, seed=3)
-    assert split.equals(assign_sequences(images, groups, 0.15, 0.15, seed=3))
-    assert not split.equals(assign_sequences(images, groups, 0.15, 0.15, seed=4))
+    units = images["sequence_id"].map(twin_groups(images, 60, 50))
+    split = assign_units(images, units, 0.15, 0.15, seed=3)
+    assert split.equals(assign_units(images, units, 0.15, 0.15, seed=3))
+    assert not split.equals(assign_units(images, units, 0.15, 0.15, seed=4))
     assert (images.assign(split=split).groupby("sequence_id")["split"].nunique() == 1).all()
     shares = split.value_counts(normalize=True)
     assert shares["train"] == pytest.approx(0.70, abs=0.05)
@@ -74,7 +197,7 @@ def test_splits_are_sequence_disjoint_deterministic_and_proportional():
 
 
 def test_cell_points_come_from_train_images_only():
-    images, cells = build_index(fake_images(), resolution=5, min_images=5)
+    images, cells, _ = build_index(fake_images(), index_cfg(min_images_per_cell=5))
     frames, cells, audit = make_splits(images, cells, SPLIT)
     assert audit["shared_sequences"] == 0 == audit["shared_twin_groups"]
     train = frames["train"]
@@ -86,8 +209,8 @@ def test_cell_points_come_from_train_images_only():
     for name in SPLITS:
         assert set(frames[name]["label"]) <= trained
         assert audit["images"][name] == len(frames[name])
-    kept = sum(audit["images"].values()) + sum(audit["images_dropped_no_train_cell"].values())
-    assert kept == len(images)
+    dropped = sum(sum(counts.values()) for counts in audit["images_dropped"].values())
+    assert sum(audit["images"].values()) + dropped == len(images)
 
 
 def drive(sequence: str, creator: str | None, start_ms: int, lat: float, lon: float,
@@ -134,7 +257,7 @@ def manifests(draw) -> pd.DataFrame:
 @given(manifests(), st.integers(0, 5))
 def test_no_sequence_or_twin_group_crosses_splits(images, seed):
     groups = twin_groups(images, max_gap_s=60, max_gap_m=50)
-    split = assign_sequences(images, groups, 0.2, 0.2, seed)
+    split = assign_units(images, images["sequence_id"].map(groups), 0.2, 0.2, seed)
     assert split.notna().all()
     per_sequence = images.assign(split=split).groupby("sequence_id")["split"].nunique()
     assert (per_sequence == 1).all()
@@ -144,3 +267,65 @@ def test_no_sequence_or_twin_group_crosses_splits(images, seed):
     for sequence, group in groups.items():
         if sequence != group:
             assert images.loc[images["sequence_id"] == sequence, "creator"].iloc[0] is not None
+
+
+def test_one_image_per_sequence_in_val_and_test():
+    images, cells, _ = build_index(fake_images(sequences=12), index_cfg(min_images_per_cell=5))
+    frames, _, audit = make_splits(images, cells, replace(SPLIT, one_image_per_sequence=True))
+    for name in ("val", "test"):
+        assert frames[name].groupby("sequence_id").size().eq(1).all()
+        assert audit["images_dropped"]["one_per_sequence"][name] > 0
+    assert frames["train"].groupby("sequence_id").size().gt(1).any()
+    assert audit["images_dropped"]["one_per_sequence"]["train"] == 0
+
+
+def revisited_streets(streets: int = 12, drives: int = 10) -> pd.DataFrame:
+    """Each street, 3 km from the next, driven the same way by `drives` different people."""
+    frames = [drive(f"st{s:02d}-{d}", f"user{d}", 1_600_000_000_000 + d * 86_400_000,
+                    45.0 + 0.027 * (s // 4), 5.0 + 0.04 * (s % 4), frames=6)
+              .assign(city=f"c{s // 4}") for s in range(streets) for d in range(drives)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_the_spatial_protocol_keeps_test_places_unseen():
+    images, cells, _ = build_index(revisited_streets(), index_cfg(
+        coarsest_resolution=4, finest_resolution=5, max_images_per_cell=10_000,
+        min_images_per_cell=1))
+    cfg = replace(SPLIT, block_resolution=7, val_fraction=0.25, test_fraction=0.25)
+    distances = distances_by_protocol(images, cells, cfg)
+    # another drive of the same street is in train, versus the next street 3 km away
+    assert np.median(distances["sequence"]) < 0.01
+    assert np.median(distances["spatial"]) > 2.5
+    _, _, audit = make_splits(images, cells, replace(cfg, protocol="spatial"))
+    assert audit["shared_blocks"] == 0 and audit["shared_sequences"] == 0
+    assert audit["nearest_train_km"]["test"]["median"] == pytest.approx(
+        np.median(distances["spatial"]), rel=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(manifests(), st.sampled_from(PROTOCOLS), st.booleans(), st.integers(0, 3))
+def test_no_split_shares_a_sequence_twin_group_or_spatial_block(images, protocol, one, seed):
+    images, cells, _ = build_index(images, index_cfg(
+        coarsest_resolution=4, finest_resolution=6, max_images_per_cell=10_000,
+        min_images_per_cell=1))
+    cfg = replace(SPLIT, protocol=protocol, block_resolution=8, one_image_per_sequence=one,
+                  val_fraction=0.2, test_fraction=0.2, seed=seed)
+    frames, _, audit = make_splits(images, cells, cfg)
+    groups = twin_groups(images, cfg.twin_max_gap_s, cfg.twin_max_gap_m)
+    owner: dict = {}
+    for name, rows in frames.items():
+        keys = set(rows["sequence_id"]) | set(rows["sequence_id"].map(groups).map("g{}".format))
+        if protocol == "spatial":
+            keys |= {h3.latlng_to_cell(a, o, 8) for a, o in zip(rows["lat"], rows["lon"],
+                                                                   strict=True)}
+        for key in keys:
+            assert owner.setdefault(key, name) == name, (key, owner[key], name)
+    assert audit["shared_sequences"] == 0 == audit["shared_twin_groups"]
+    if one:
+        assert frames["val"]["sequence_id"].is_unique and frames["test"]["sequence_id"].is_unique
+    dropped = sum(sum(counts.values()) for counts in audit["images_dropped"].values())
+    assert sum(len(rows) for rows in frames.values()) + dropped == len(images)
+    if len(frames["test"]) and len(frames["train"]):
+        brute = pairwise_km(frames["test"]["lat"], frames["test"]["lon"],
+                            frames["train"]["lat"], frames["train"]["lon"]).min(axis=1)
+        assert audit["nearest_train_km"]["test"]["min"] == pytest.approx(brute.min(), abs=1e-9)

@@ -31,6 +31,14 @@ def test_repo_params_load(default_params):
      "fetch.mapillary.graph_url: expected an http(s) URL"),
     ({"fetch": {"mapillary": {"box_deg": 0.02}}}, "fetch.mapillary.box_deg: 0.02 is above"),
     ({"cache": 64}, "cache: expected a mapping, got int"),
+    ({"index": {"min_images_per_cell": 200, "max_images_per_cell": 100}},
+     "index.min_images_per_cell (200) is larger than index.max_images_per_cell (100)"),
+    ({"index": {"coarsest_resolution": 6, "finest_resolution": 4}},
+     "index.coarsest_resolution (6) is finer than index.finest_resolution (4)"),
+    ({"index": {"cap_images_per_cell": 0}}, "index.cap_images_per_cell: 0 is below the minimum 1"),
+    ({"split": {"block_resolution": 5}},
+     "split.block_resolution (5) must be finer than index.finest_resolution (5)"),
+    ({"split": {"protocol": "random"}}, "split.protocol: 'random' is not one of sequence, spatial"),
 ])
 def test_bad_params_name_the_key(change, message):
     with pytest.raises(ParamsError) as info:

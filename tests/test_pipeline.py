@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import copy_project, params_with
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -83,6 +84,11 @@ def test_repro_writes_every_metric(repo):
     split = json.loads((repo / "metrics/split.json").read_text())
     assert split["shared_sequences"] == 0 == split["shared_twin_groups"]
     assert split["images"]["test"] == evaluation["images"]
+    assert 0 <= split["nearest_train_km"]["test"]["min"] <= split["nearest_train_km"]["test"][
+        "median"]
+    for plot in ("coverage", "images_per_cell", "test_to_train_km"):
+        with Image.open(repo / f"plots/data/{plot}.png") as image:
+            assert image.format == "PNG" and min(image.size) > 400, plot
     train_log = json.loads((repo / "metrics/train/metrics.json").read_text())
     assert "val_median_km" in train_log
     export = json.loads((repo / "metrics/export.json").read_text())

@@ -1,15 +1,26 @@
-"""The cell index: which H3 cell each image falls in, and the integer label of each kept cell."""
+"""The cell index: adaptive H3 cells, each image's cell and label, and the cell hierarchy.
+
+Cells adapt to photo density (PlaNet, OSV-5M; ../shared/reference/geolocation.md): start at
+`coarsest_resolution`, split a cell into its H3 children while it holds more than
+`max_images_per_cell`, down to `finest_resolution`. A cell left with fewer than
+`min_images_per_cell` images is merged into its parent: the parent then stands for its area
+outside its kept children. What is still too small at the coarsest resolution is dropped.
+An image belongs to the finest kept cell among its ancestors.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
+import h3
 import numpy as np
 import pandas as pd
 
 from geoloc.errors import GeolocError
 from geoloc.geo import cell_center, cells_of
+from geoloc.params import IndexParams
 
 log = logging.getLogger(__name__)
 
@@ -17,45 +28,144 @@ IMAGES_NAME = "images.parquet"
 CELLS_NAME = "cells.parquet"
 
 
-def build_index(images: pd.DataFrame, resolution: int,
-                min_images: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Label each image with its cell; drop cells with fewer than `min_images` images.
+def adaptive_cells(fine_counts: pd.Series, cfg: IndexParams) -> list[str]:
+    """The kept cells, sorted, from the number of images in each cell at the finest
+    resolution."""
+    counts = _counts_per_resolution(fine_counts, cfg)
+    kept: list[str] = []
 
-    Returns (images with `cell` and `label`, cells with `label`, `cell`, `resolution`,
-    `center_lat`, `center_lon`, `n_images`), both sorted, labels 0..K-1 in cell-id order.
+    def grow(cell: str) -> int:
+        """Keep cells under `cell`; return how many of its images no kept cell holds."""
+        rest = counts[cell]
+        if rest > cfg.max_images_per_cell and h3.get_resolution(cell) < cfg.finest_resolution:
+            rest = 0
+            for child in sorted(h3.cell_to_children(cell)):
+                if child in counts:
+                    rest += grow(child)
+        if rest >= cfg.min_images_per_cell:
+            kept.append(cell)
+            return 0
+        return rest
+
+    for root in sorted(c for c in counts if h3.get_resolution(c) == cfg.coarsest_resolution):
+        grow(root)  # what is left over at a root is dropped
+    return sorted(kept)
+
+
+def _counts_per_resolution(fine_counts: pd.Series, cfg: IndexParams) -> dict[str, int]:
+    """Images per cell at every resolution from coarsest to finest."""
+    counts: dict[str, int] = {}
+    for fine, n in fine_counts.items():
+        for res in range(cfg.coarsest_resolution, cfg.finest_resolution + 1):
+            cell = h3.cell_to_parent(fine, res)
+            counts[cell] = counts.get(cell, 0) + int(n)
+    return counts
+
+
+def owner(cell: str, kept: set[str], coarsest: int) -> str | None:
+    """The finest kept cell among `cell` and its ancestors down to `coarsest`, if any."""
+    for res in range(h3.get_resolution(cell), coarsest - 1, -1):
+        ancestor = h3.cell_to_parent(cell, res)
+        if ancestor in kept:
+            return ancestor
+    return None
+
+
+def neighbours(kept: list[str], coarsest: int) -> dict[str, list[str]]:
+    """Kept cells whose areas touch: for every kept cell, the owners of the cells around it
+    at its own resolution, made symmetric. Same-resolution kept cells that are H3 neighbours
+    are always neighbours; a cell and a parent that surrounds it are too."""
+    kept_set = set(kept)
+    touching: dict[str, set[str]] = {c: set() for c in kept}
+    for cell in kept:
+        for around in h3.grid_disk(cell, 1):  # grid_disk, unlike grid_ring, takes pentagons
+            other = owner(around, kept_set, coarsest)
+            if other not in (None, cell):
+                touching[cell].add(other)
+                touching[other].add(cell)
+    return {c: sorted(touching[c]) for c in kept}
+
+
+def build_index(images: pd.DataFrame, cfg: IndexParams,
+                ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """Put each image in its adaptive cell; drop the images no kept cell holds and, with
+    `cap_images_per_cell`, those above the cap.
+
+    Returns (images with `cell`, `label` and `cell_r<res>` for every resolution, cells, the
+    number of images dropped for each reason), sorted; labels are 0..K-1 in cell-id order.
+    The cell table holds `label`, `cell`, `resolution`, `center_lat`, `center_lon`,
+    `n_images`, `parents` (the cell ids at every coarser resolution, coarsest first) and
+    `neighbours` (the labels of the cells it touches).
     """
-    images = images.assign(cell=cells_of(images["lat"], images["lon"], resolution))
-    counts = images["cell"].value_counts()
-    kept = sorted(counts[counts >= min_images].index)
+    resolutions = range(cfg.coarsest_resolution, cfg.finest_resolution + 1)
+    fine = pd.Series(cells_of(images["lat"], images["lon"], cfg.finest_resolution),
+                     index=images.index)
+    kept = adaptive_cells(fine.value_counts(), cfg)
     if not kept:
-        raise GeolocError(f"no H3 cell at resolution {resolution} holds {min_images} images "
-                         f"(index.min_images_per_cell); lower it or fetch more batches")
+        raise GeolocError(f"no cell holds {cfg.min_images_per_cell} images "
+                          f"(index.min_images_per_cell); lower it or fetch more batches")
+    kept_set = set(kept)
+    owners = {f: owner(f, kept_set, cfg.coarsest_resolution) for f in fine.unique()}
+    images = images.assign(cell=fine.map(owners), **{
+        f"cell_r{res}": fine.map({f: h3.cell_to_parent(f, res) for f in owners})
+        for res in resolutions})
+    held = images[images["cell"].notna()]
+    capped = held
+    if cfg.cap_images_per_cell is not None:
+        capped = cap_per_cell(held, cfg.cap_images_per_cell)
+    dropped = {"small_cells": len(images) - len(held), "cap": len(held) - len(capped)}
+    cells = cell_table(kept, capped["cell"].value_counts(), cfg.coarsest_resolution)
+    labelled = capped.merge(cells[["cell", "label"]], on="cell")
+    log.info("%d cells at resolutions %s; images dropped: %s", len(cells),
+             cells["resolution"].value_counts().sort_index().to_dict(), dropped)
+    return labelled.sort_values("image_id").reset_index(drop=True), cells, dropped
+
+
+def cell_table(kept: list[str], counts: pd.Series, coarsest: int) -> pd.DataFrame:
+    label = {cell: i for i, cell in enumerate(kept)}
+    touching = neighbours(kept, coarsest)
     centers = [cell_center(c) for c in kept]
-    cells = pd.DataFrame({
+    return pd.DataFrame({
         "label": range(len(kept)),
         "cell": kept,
-        "resolution": resolution,
+        "resolution": [h3.get_resolution(c) for c in kept],
         "center_lat": [c[0] for c in centers],
         "center_lon": [c[1] for c in centers],
         "n_images": [int(counts[c]) for c in kept],
+        "parents": [[h3.cell_to_parent(c, res) for res in range(coarsest, h3.get_resolution(c))]
+                    for c in kept],
+        "neighbours": [[label[n] for n in touching[c]] for c in kept],
     })
-    labelled = images.merge(cells[["cell", "label"]], on="cell", how="inner")
-    dropped = len(images) - len(labelled)
-    log.info("%d cells kept, %d images in %d smaller cells dropped",
-             len(cells), dropped, len(counts) - len(kept))
-    return labelled.sort_values("image_id").reset_index(drop=True), cells
 
 
-def data_stats(images: pd.DataFrame, cells: pd.DataFrame, n_fetched: int) -> dict:
+def cap_per_cell(images: pd.DataFrame, cap: int) -> pd.DataFrame:
+    """At most `cap` images per cell, spread over sequences: one image of every sequence
+    first, then a second, and so on; the order inside a sequence is a hash of the image id,
+    so the sample is deterministic and stays put when batches are added."""
+    key = images["image_id"].map(stable_hash)
+    turn = key.groupby(images["sequence_id"]).rank(method="first")
+    order = images.assign(_turn=turn, _key=key).sort_values(["cell", "_turn", "_key"])
+    return order.groupby("cell").head(cap).drop(columns=["_turn", "_key"])
+
+
+def stable_hash(text: str) -> int:
+    """A hash of `text` that is the same in every process (Python's hash() is salted)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def data_stats(images: pd.DataFrame, cells: pd.DataFrame, dropped: dict[str, int]) -> dict:
     """Dataset size and balance, for metrics/data.json."""
     per_cell = cells["n_images"]
     return {
         "images": len(images),
-        "images_dropped_small_cells": n_fetched - len(images),
+        "images_dropped_small_cells": dropped["small_cells"],
+        "images_dropped_cap": dropped["cap"],
         "sequences": int(images["sequence_id"].nunique()),
         "cities": int(images["city"].nunique()),
         "batches": int(images["batch"].nunique()),
         "cells": len(cells),
+        "cells_per_resolution": {str(r): int(n) for r, n in
+                                 cells["resolution"].value_counts().sort_index().items()},
         "images_per_cell": {"min": int(per_cell.min()), "median": float(per_cell.median()),
                             "max": int(per_cell.max())},
         "cell_imbalance": imbalance(per_cell.to_numpy()),

@@ -1,21 +1,29 @@
-"""Sequence-disjoint train/val/test splits and the cells' representative points."""
+"""Leakage-proof train/val/test splits and the cells' representative points.
+
+Two protocols (../shared/reference/geolocation.md, "Leakage"): `sequence` keeps every twin
+group of sequences (one drive uploaded in parts) in one split; `spatial` also keeps every block
+(an H3 cell finer than the classes) in one split, so val and test measure unseen places.
+Validation follows the same rules as test, or early stopping would tune on leaked scores.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from geoloc.data.cells import stable_hash
 from geoloc.errors import GeolocError
-from geoloc.geo import haversine_km
+from geoloc.geo import cells_of, haversine_km, nearest_km
 from geoloc.params import SplitParams
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+PROTOCOLS = ("sequence", "spatial")
 CELLS_NAME = "cells.parquet"
 
 
@@ -50,84 +58,162 @@ def twin_groups(images: pd.DataFrame, max_gap_s: float, max_gap_m: float) -> pd.
     return pd.Series({s: root(s) for s in ends.index}, name="group")
 
 
-def assign_sequences(images: pd.DataFrame, groups: pd.Series, val_fraction: float,
-                     test_fraction: float, seed: int) -> pd.Series:
-    """Split name for each image; every twin group of sequences goes whole to one split.
+def assign_units(images: pd.DataFrame, units: pd.Series, val_fraction: float,
+                 test_fraction: float, seed: int) -> pd.Series:
+    """Split name for each image; every unit (a twin group, or a block of groups) goes whole
+    to one split.
 
-    Within each city (a group's first), groups are shuffled and each goes to the split
-    furthest below its target share of images, so every city contributes to every split in
-    proportion.
+    City by city (a unit's city is its first), units are shuffled and each goes to the split
+    that most lacks images against its share, so every city contributes to every split in
+    proportion where its units allow, large units fall where there is room for them, and what
+    one city could not give is made up by the next.
     """
     targets = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction,
                "test": test_fraction}
-    group = images["sequence_id"].map(groups)
-    frame = pd.DataFrame({"group": group, "city": images["city"]})
-    city_of_group = frame.sort_values(["group", "city"]).groupby("group")["city"].first()
-    sizes = frame.groupby("group").size()
-    split_of_group = {}
-    for city, city_groups in city_of_group.groupby(city_of_group):
-        rng = np.random.default_rng([seed, _stable_int(city)])
-        names = city_groups.index.to_numpy()
-        counts = dict.fromkeys(SPLITS, 0)
-        total = 0
+    frame = pd.DataFrame({"unit": units, "city": images["city"]})
+    city_of_unit = frame.sort_values(["unit", "city"]).groupby("unit")["city"].first()
+    sizes = frame.groupby("unit").size()
+    split_of_unit = {}
+    lacking = dict.fromkeys(SPLITS, 0.0)  # carried over: a city's shortfall goes to the next
+    for city, city_units in city_of_unit.groupby(city_of_unit):
+        rng = np.random.default_rng([seed, stable_hash(city)])
+        names = city_units.index.to_numpy()
+        total = int(sizes[names].sum())
+        for split, share in targets.items():
+            lacking[split] += share * total
         for name in names[rng.permutation(len(names))]:
-            n = int(sizes[name])
-            total += n
-            split = max(SPLITS, key=lambda s: targets[s] * total - counts[s])
-            counts[split] += n
-            split_of_group[name] = split
-    return group.map(split_of_group)
+            # Random tie-breaks: in a fixed order, val would win every tie with test.
+            tie_break = dict(zip(SPLITS, rng.random(len(SPLITS)), strict=True))
+            split = max(SPLITS, key=lambda s: (lacking[s], tie_break[s]))
+            lacking[split] -= int(sizes[name])
+            split_of_unit[name] = split
+    return units.map(split_of_unit)
+
+
+def split_units(images: pd.DataFrame, groups: pd.Series, cfg: SplitParams) -> pd.Series:
+    """The unit each image is assigned with: its twin group under the `sequence` protocol;
+    under `spatial`, the block (H3 cell at `block_resolution`) that holds most of its group's
+    images, so a block and every group living in it go to one split."""
+    group = images["sequence_id"].map(groups)
+    if cfg.protocol == "sequence":
+        return group
+    block = images_blocks(images, cfg.block_resolution)
+    # A group's home block: where most of its images are; ties go to the smallest block id.
+    votes = pd.DataFrame({"group": group, "block": block}).value_counts().reset_index()
+    home = votes.sort_values(["group", "count", "block"], ascending=[True, False, True])
+    return group.map(home.groupby("group")["block"].first())
+
+
+def images_blocks(images: pd.DataFrame, resolution: int) -> pd.Series:
+    return pd.Series(cells_of(images["lat"], images["lon"], resolution), index=images.index)
 
 
 def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
                 ) -> tuple[dict, pd.DataFrame, dict]:
     """Return ({split: rows}, cells with representative points, audit figures).
 
-    Val and test images whose cell has no training image are dropped: no point can be learnt
-    for them. A cell's point is the mean position of its training images; a cell with none keeps
-    its hexagon centre, which uses no data and so cannot leak.
+    Under the spatial protocol an image lying in a block of another split than its own is
+    dropped (the ends of drives that leave their home block), so no test or val block holds a
+    train image. Val and test then keep one image per sequence if asked, and lose the images
+    whose cell has no training image: no point can be learnt for them. A cell's point is the
+    mean position of its training images; a cell with none keeps its hexagon centre, which
+    uses no data and so cannot leak.
     """
     groups = twin_groups(images, cfg.twin_max_gap_s, cfg.twin_max_gap_m)
-    split = assign_sequences(images, groups, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    train = images[split == "train"]
+    units = split_units(images, groups, cfg)
+    split = assign_units(images, units, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    blocks = images_blocks(images, cfg.block_resolution)
+    dropped = {reason: dict.fromkeys(SPLITS, 0) for reason in
+               ("outside_block", "one_per_sequence", "no_train_cell")}
+    if cfg.protocol == "spatial":
+        keep = split == block_splits(blocks, units, split)
+        dropped["outside_block"] = _count(split[~keep])
+        split = split[keep]
+    if cfg.one_image_per_sequence:
+        keep = _one_per_sequence(images.loc[split.index]) | (split == "train")
+        dropped["one_per_sequence"] = _count(split[~keep])
+        split = split[keep]
+    train = images.loc[split.index[split == "train"]]
     points = train.groupby("label").agg(lat=("lat", "mean"), lon=("lon", "mean"),
                                         n_train=("lat", "size"))
     cells = cells.join(points, on="label")
     cells["n_train"] = cells["n_train"].fillna(0).astype("int64")
     cells["lat"] = cells["lat"].fillna(cells["center_lat"])
     cells["lon"] = cells["lon"].fillna(cells["center_lon"])
-    trained = set(points.index)
-    frames, dropped = {}, {}
-    for name in SPLITS:
-        rows = images[split == name]
-        keep = rows["label"].isin(trained)
-        dropped[name] = int((~keep).sum())
-        frames[name] = rows[keep].sort_values("image_id").reset_index(drop=True)
-    audit = split_audit(frames, groups)
-    audit["images_dropped_no_train_cell"] = dropped
+    keep = images.loc[split.index, "label"].isin(points.index)
+    dropped["no_train_cell"] = _count(split[~keep])
+    split = split[keep]
+    frames = {name: images.loc[split.index[split == name]].sort_values("image_id")
+              .reset_index(drop=True) for name in SPLITS}
+    audit = split_audit(frames, groups, cfg.block_resolution)
+    audit["images_dropped"] = dropped
     audit["cells_without_train_images"] = int((cells["n_train"] == 0).sum())
     return frames, cells, audit
 
 
-def split_audit(frames: dict[str, pd.DataFrame], groups: pd.Series) -> dict:
-    """Counts per split, and the sequences and twin groups shared between splits (must be 0)."""
+def block_splits(blocks: pd.Series, units: pd.Series, split: pd.Series) -> pd.Series:
+    """The split of each image's block: the split of the groups whose home it is, or where it
+    is home to none, the split most of its images are in."""
+    unit_split = split.groupby(units).first()
+    majority = split.groupby(blocks).agg(lambda s: s.value_counts().sort_index().idxmax())
+    return blocks.map(unit_split).fillna(blocks.map(majority))
+
+
+def _one_per_sequence(images: pd.DataFrame) -> pd.Series:
+    """True for one image of each sequence, chosen by a hash of its id."""
+    key = images["image_id"].map(stable_hash)
+    return key == key.groupby(images["sequence_id"]).transform("min")
+
+
+def _count(split: pd.Series) -> dict[str, int]:
+    return {name: int((split == name).sum()) for name in SPLITS}
+
+
+def split_audit(frames: dict[str, pd.DataFrame], groups: pd.Series,
+                block_resolution: int) -> dict:
+    """Counts per split; the sequences, twin groups and blocks shared between splits (the
+    first two must be 0, the last too under the spatial protocol); how far each val and test
+    image is from its nearest train image."""
     sequences = {name: set(df["sequence_id"]) for name, df in frames.items()}
     twins = {name: set(groups[list(s)]) for name, s in sequences.items()}
+    blocks = {name: set(images_blocks(df, block_resolution)) for name, df in frames.items()}
     return {
         "images": {name: len(df) for name, df in frames.items()},
         "sequences": {name: len(s) for name, s in sequences.items()},
         "shared_sequences": _shared(sequences),
         "twin_groups": int((groups.value_counts() > 1).sum()),
         "shared_twin_groups": _shared(twins),
+        "shared_blocks": _shared(blocks),
+        "nearest_train_km": {name: _summary(nearest_train_km(frames, name))
+                             for name in ("val", "test")},
     }
+
+
+def nearest_train_km(frames: dict[str, pd.DataFrame], name: str) -> np.ndarray:
+    """Distance from each image of split `name` to its nearest train image."""
+    train, rows = frames["train"], frames[name]
+    return nearest_km(rows["lat"], rows["lon"], train["lat"], train["lon"])
+
+
+def distances_by_protocol(images: pd.DataFrame, cells: pd.DataFrame,
+                               cfg: SplitParams) -> dict[str, np.ndarray]:
+    """Each test image's distance to its nearest train image under each protocol, the other
+    params unchanged: what a stricter split costs in how close test is to train."""
+    distances = {}
+    for protocol in PROTOCOLS:
+        frames, _, _ = make_splits(images, cells, replace(cfg, protocol=protocol))
+        distances[protocol] = nearest_train_km(frames, "test")
+    return distances
+
+
+def _summary(km: np.ndarray) -> dict[str, float | None]:
+    if len(km) == 0:
+        return {"min": None, "median": None}
+    return {"min": float(km.min()), "median": float(np.median(km))}
 
 
 def _shared(sets: dict[str, set]) -> int:
     return sum(len(sets[a] & sets[b]) for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:])
-
-
-def _stable_int(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
 def write_splits(frames: dict[str, pd.DataFrame], cells: pd.DataFrame, out_dir: Path) -> None:
