@@ -1,10 +1,14 @@
+import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import h3
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_params
+import yaml
+from conftest import ROOT, params_with, tiny_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -329,3 +333,21 @@ def test_no_split_shares_a_sequence_twin_group_or_spatial_block(images, protocol
         brute = pairwise_km(frames["test"]["lat"], frames["test"]["lon"],
                             frames["train"]["lat"], frames["train"]["lon"]).min(axis=1)
         assert audit["nearest_train_km"]["test"]["min"] == pytest.approx(brute.min(), abs=1e-9)
+
+
+def test_the_index_stage_refuses_bad_coordinates_and_writes_nothing(tmp_path):
+    (tmp_path / "data/raw/batch01").mkdir(parents=True)
+    shutil.copy(ROOT / "data/cities.csv", tmp_path / "data/cities.csv")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_with(batches=["batch01"])))
+    rows = fake_images(cities=1, sequences=2, frames=3).assign(
+        compass_angle=None, source="synthetic", path="images/x.jpg", width=64, height=48)
+    rows.loc[1, "lat"] = float("nan")
+    rows.loc[2, "lon"] = 200.0
+    rows.to_parquet(tmp_path / "data/raw/batch01/manifest.parquet")
+    result = subprocess.run([sys.executable, str(ROOT / "stages/index.py")], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "2 manifest rows have missing or invalid coordinates" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["cities.csv", "raw"]

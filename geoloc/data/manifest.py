@@ -45,7 +45,9 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
         raise ManifestError(f"manifest has duplicate image ids, e.g. {dupes}")
     bad = ~df["lat"].between(-90, 90) | ~df["lon"].between(-180, 180)
     if bad.any():
-        raise ManifestError(f"{int(bad.sum())} manifest rows have invalid coordinates")
+        examples = df.loc[bad, ["image_id", "lat", "lon"]].head(3).to_dict("records")
+        raise ManifestError(f"{int(bad.sum())} manifest rows have missing or invalid "
+                            f"coordinates, e.g. {examples}")
     return df.sort_values("image_id", kind="stable").reset_index(drop=True)
 
 

@@ -8,7 +8,6 @@ Validation follows the same rules as test, or early stopping would tune on leake
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from geoloc.data.cells import stable_hash
 from geoloc.errors import GeolocError
 from geoloc.geo import cells_of, haversine_km, nearest_km
 from geoloc.params import SplitParams
-
-log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 PROTOCOLS = ("sequence", "spatial")
@@ -90,21 +87,16 @@ def assign_units(images: pd.DataFrame, units: pd.Series, val_fraction: float,
     return units.map(split_of_unit)
 
 
-def split_units(images: pd.DataFrame, groups: pd.Series, cfg: SplitParams) -> pd.Series:
-    """The unit each image is assigned with: its twin group under the `sequence` protocol;
-    under `spatial`, the block (H3 cell at `block_resolution`) that holds most of its group's
-    images, so a block and every group living in it go to one split."""
-    group = images["sequence_id"].map(groups)
-    if cfg.protocol == "sequence":
-        return group
-    block = images_blocks(images, cfg.block_resolution)
-    # A group's home block: where most of its images are; ties go to the smallest block id.
-    votes = pd.DataFrame({"group": group, "block": block}).value_counts().reset_index()
+def home_blocks(group: pd.Series, blocks: pd.Series) -> pd.Series:
+    """For each image, its group's home block: the one holding most of the group's images
+    (ties go to the smallest block id), so a block and every group living in it can go whole
+    to one split."""
+    votes = pd.DataFrame({"group": group, "block": blocks}).value_counts().reset_index()
     home = votes.sort_values(["group", "count", "block"], ascending=[True, False, True])
     return group.map(home.groupby("group")["block"].first())
 
 
-def images_blocks(images: pd.DataFrame, resolution: int) -> pd.Series:
+def blocks_of(images: pd.DataFrame, resolution: int) -> pd.Series:
     return pd.Series(cells_of(images["lat"], images["lon"], resolution), index=images.index)
 
 
@@ -120,9 +112,10 @@ def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
     uses no data and so cannot leak.
     """
     groups = twin_groups(images, cfg.twin_max_gap_s, cfg.twin_max_gap_m)
-    units = split_units(images, groups, cfg)
+    group = images["sequence_id"].map(groups)
+    blocks = blocks_of(images, cfg.block_resolution)
+    units = group if cfg.protocol == "sequence" else home_blocks(group, blocks)
     split = assign_units(images, units, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    blocks = images_blocks(images, cfg.block_resolution)
     dropped = {reason: dict.fromkeys(SPLITS, 0) for reason in
                ("outside_block", "one_per_sequence", "no_train_cell")}
     if cfg.protocol == "spatial":
@@ -176,7 +169,7 @@ def split_audit(frames: dict[str, pd.DataFrame], groups: pd.Series,
     image is from its nearest train image."""
     sequences = {name: set(df["sequence_id"]) for name, df in frames.items()}
     twins = {name: set(groups[list(s)]) for name, s in sequences.items()}
-    blocks = {name: set(images_blocks(df, block_resolution)) for name, df in frames.items()}
+    blocks = {name: set(blocks_of(df, block_resolution)) for name, df in frames.items()}
     return {
         "images": {name: len(df) for name, df in frames.items()},
         "sequences": {name: len(s) for name, s in sequences.items()},
