@@ -27,6 +27,7 @@ test: install
 # Figures go to metrics/bench.json; each benchmark replaces only its own keys.
 bench: install
 	$(PY) bench/fetch.py --out metrics/bench.json
+	$(PY) bench/data.py --out metrics/bench.json
 
 lint: install
 	$(VENV)/bin/ruff check geoloc stages tests bench

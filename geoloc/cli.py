@@ -75,7 +75,7 @@ def _purge(args) -> int:
     params = load_params()
     paths = {"raw": Path("data/raw"), "index": Path("data/index"), "splits": Path("data/splits"),
              "cache": Path("data/cache"), "store": DOWNLOADS_DIR}
-    plan = purge.plan(args.batches, size=params.cache.size, lock=Path("dvc.lock"),
+    plan = purge.plan(args.batches, sizes=params.cache.sizes, lock=Path("dvc.lock"),
                       dvc_cache=Path(Repo(".").cache.local.path), **paths)
     if not plan:
         print("nothing to purge: no batch is in the resize cache")

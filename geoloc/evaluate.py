@@ -5,15 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from geoloc.data.cache import CachedSplit
 from geoloc.geo import haversine_km
 from geoloc.inference import argmax_points, predict_logits
 from geoloc.metrics import distance_metrics, topk_accuracy
 
 
-def evaluate(model, images: np.ndarray, rows: pd.DataFrame, cells: pd.DataFrame,
-             top_k: int) -> tuple[dict, pd.DataFrame]:
-    """(metrics for metrics/eval.json, one prediction row per test image)."""
-    logits = predict_logits(model, images)
+def evaluate(model, test: CachedSplit, cells: pd.DataFrame, top_k: int,
+             ) -> tuple[dict, pd.DataFrame]:
+    """(metrics for metrics/eval.json, one prediction row per test image in the cache)."""
+    rows = test.rows
+    logits = predict_logits(model, test.images, rows["cache_row"])
     labels = rows["label"].to_numpy()
     probs = _softmax(logits)
     lat, lon = argmax_points(logits, cells)

@@ -10,12 +10,16 @@ from geoloc.geo import haversine_km
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits for uint8 images (N x S x S x 3), in batches so memory stays bounded."""
+def predict_logits(model: torch.nn.Module, images: np.ndarray, positions=None,
+                   batch_size: int = 256) -> np.ndarray:
+    """Logits for uint8 images (N x S x S x 3), or for those at `positions` only, in batches
+    so memory stays bounded."""
     model.eval()
-    # np.array copies the batch out of the read-only memory map torch cannot wrap.
-    out = [model(torch.from_numpy(np.array(images[i:i + batch_size]))).numpy()
-           for i in range(0, len(images), batch_size)]
+    positions = np.arange(len(images)) if positions is None else np.asarray(positions)
+    # Indexing with an array copies the batch out of the read-only memory map, which torch
+    # could not wrap.
+    out = [model(torch.from_numpy(images[positions[i:i + batch_size]])).numpy()
+           for i in range(0, len(positions), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -133,7 +133,17 @@ class SplitParams:
 
 @dataclass(frozen=True)
 class CacheParams:
-    size: int = knob(min=16, max=1024)
+    sizes: list[int] = knob()
+    workers: int | None = knob(min=1, max=256)
+
+    def check(self, key: str) -> None:
+        if not self.sizes:
+            raise ParamsError(f"{key}.sizes: list at least one image size")
+        for size in self.sizes:
+            if not 16 <= size <= 1024:
+                raise ParamsError(f"{key}.sizes: {size} is not a size from 16 to 1024 px")
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ParamsError(f"{key}.sizes: a size is listed twice in {self.sizes}")
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,7 @@ class TrainParams:
     weight_decay: float = knob(min=0.0, max=10.0)
     patience: int = knob(min=1)
     augment: bool = knob()
+    workers: int = knob(min=0, max=64)
 
 
 @dataclass(frozen=True)

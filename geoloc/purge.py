@@ -38,16 +38,16 @@ class BatchPurge:
 
 
 def plan(batches: Iterable[str], *, raw: Path, index: Path, splits: Path, cache: Path,
-         size: int, store: Path, dvc_cache: Path | None, lock: Path) -> list[BatchPurge]:
+         sizes: list[int], store: Path, dvc_cache: Path | None, lock: Path) -> list[BatchPurge]:
     """What purging `batches` would delete; refuses a batch that is not in the resize cache.
     An empty `batches` means every batch that is."""
-    cached = cached_batches(index, splits, cache, size)
+    cached = cached_batches(index, splits, cache, sizes)
     outs = _locked_outs(lock) if dvc_cache else {}
     purges = []
     for batch in batches or sorted(cached):
         if batch not in cached:
             raise PurgeError(
-                f"{batch} is not in the resize cache ({cache}, size {size}): run `dvc repro "
+                f"{batch} is not in the resize cache ({cache}, sizes {sizes}): run `dvc repro "
                 f"resize_cache` first, or its JPEGs would be needed again")
         images = sorted((raw / batch / "images").glob("*.jpg"))
         listing = outs.get(f"{raw}/{batch}")
@@ -67,16 +67,17 @@ def execute(purges: list[BatchPurge]) -> None:
                  purge.bytes / 1e6)
 
 
-def cached_batches(index: Path, splits: Path, cache: Path, size: int) -> set[str]:
-    """Batches whose every indexed image is in a split whose cache array is complete."""
+def cached_batches(index: Path, splits: Path, cache: Path, sizes: list[int]) -> set[str]:
+    """Batches whose every indexed image is in a split whose cache arrays are complete."""
     try:
         images, _ = load_index(index)
         split_ids = set()
         for split in SPLITS:
             rows = load_split(splits, split)
-            load_cache(cache, split, size, expected_rows=len(rows))
+            for size in sizes:
+                load_cache(cache, split, size, rows)
             split_ids.update(rows["image_id"])
-    except GeolocError:  # no index, splits or cache of this size: nothing is cached
+    except GeolocError:  # no index, splits or cache of these sizes: nothing is cached
         return set()
     # Images the index or split dropped (small cells, no train image) are not cached, but this
     # configuration does not use them either; a batch counts once its used images are cached.

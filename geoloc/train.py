@@ -6,28 +6,20 @@ import copy
 import logging
 import random
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from geoloc.data.dataset import CachedImages, train_augmentation
+from geoloc.data.augment import BatchAugment
+from geoloc.data.cache import CachedSplit
+from geoloc.data.loader import cache_loader
 from geoloc.inference import errors_km, predict_logits
 from geoloc.models import GeoNet
 from geoloc.params import LossParams, TrainParams
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Split:
-    """One split's cached images and rows (the rows hold labels and true positions)."""
-
-    images: np.ndarray
-    rows: pd.DataFrame
 
 
 def seed_everything(seed: int) -> None:
@@ -37,18 +29,17 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def fit(model: GeoNet, train: Split, val: Split, cells: pd.DataFrame, cfg: TrainParams,
-        loss_cfg: LossParams, live) -> dict:
+def fit(model: GeoNet, train: CachedSplit, val: CachedSplit, cells: pd.DataFrame,
+        cfg: TrainParams, loss_cfg: LossParams, live) -> dict:
     """Train in place and load the best epoch's weights back; returns that epoch's figures.
 
     `live` is a DVCLive Live (or anything with log_metric and next_step).
     """
     seed_everything(cfg.seed)
-    dataset = CachedImages(train.images, train.rows["label"].to_numpy(),
-                           train_augmentation(train.images.shape[1]) if cfg.augment else None)
-    loader = DataLoader(dataset,
-                        batch_size=cfg.batch_size, shuffle=True, drop_last=False,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    loader = cache_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                          workers=cfg.workers)
+    augment = BatchAugment() if cfg.augment else None
+    generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * len(loader))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=loss_cfg.label_smoothing)
@@ -56,7 +47,8 @@ def fit(model: GeoNet, train: Split, val: Split, cells: pd.DataFrame, cfg: Train
     best, best_state, stale = None, None, 0
     for epoch in range(cfg.epochs):
         start = time.perf_counter()
-        train_loss = _train_epoch(model, loader, optimizer, scheduler, criterion, epoch)
+        train_loss = _train_epoch(model, loader, augment, generator, optimizer, scheduler,
+                                  criterion, epoch)
         figures = {"epoch": epoch, "train_loss": train_loss, **evaluate_split(model, val, cells)}
         for name, value in figures.items():
             if name != "epoch":
@@ -77,11 +69,14 @@ def fit(model: GeoNet, train: Split, val: Split, cells: pd.DataFrame, cfg: Train
             **{k: v for k, v in best.items() if k != "epoch"}}
 
 
-def _train_epoch(model, loader, optimizer, scheduler, criterion, epoch: int) -> float:
+def _train_epoch(model, loader, augment, generator, optimizer, scheduler, criterion,
+                 epoch: int) -> float:
     model.train()
     total, count = 0.0, 0
     for images, labels in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False,
                                mininterval=2):
+        if augment is not None:
+            images = augment(images, generator)
         optimizer.zero_grad(set_to_none=True)
         loss = criterion(model(images), labels)
         loss.backward()
@@ -92,8 +87,8 @@ def _train_epoch(model, loader, optimizer, scheduler, criterion, epoch: int) -> 
     return total / count
 
 
-def evaluate_split(model: GeoNet, split: Split, cells: pd.DataFrame) -> dict:
-    logits = predict_logits(model, split.images)
+def evaluate_split(model: GeoNet, split: CachedSplit, cells: pd.DataFrame) -> dict:
+    logits = predict_logits(model, split.images, split.rows["cache_row"])
     labels = split.rows["label"].to_numpy()
     loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
     errors = errors_km(logits, cells, split.rows)

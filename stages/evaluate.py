@@ -27,9 +27,9 @@ def main() -> None:
 
     params = load_params()
     model, cells, checkpoint = load_checkpoint(args.model)
-    rows = load_split(args.splits, "test")
-    images = load_cache(args.cache, "test", checkpoint["model"]["image_size"], len(rows))
-    metrics, predictions = evaluate(model, images, rows, cells, params.evaluate.top_k)
+    test = load_cache(args.cache, "test", checkpoint["model"]["image_size"],
+                      load_split(args.splits, "test"))
+    metrics, predictions = evaluate(model, test, cells, params.evaluate.top_k)
 
     write_json(metrics, args.metrics)
     write_parquet(predictions, args.predictions)

@@ -1,9 +1,9 @@
-"""resize_cache: decode, resize and centre-crop every split's images into one uint8 array each."""
+"""resize_cache: decode, resize and centre-crop every split's images, at every cached size."""
 
 import argparse
 from pathlib import Path
 
-from geoloc.data.cache import build_cache, cache_path
+from geoloc.data.cache import build_cache, default_workers, write_cache_index
 from geoloc.data.splits import SPLITS, load_split
 from geoloc.io import atomic_dir
 from geoloc.params import load_params
@@ -17,11 +17,13 @@ def main() -> None:
     parser.add_argument("--out", default="data/cache")
     args = parser.parse_args()
 
-    size = load_params().cache.size
+    cfg = load_params().cache
+    workers = cfg.workers or default_workers()
     with atomic_dir(args.out) as tmp:
-        for split in SPLITS:
-            build_cache(load_split(args.splits, split), Path(args.raw), size,
-                        cache_path(tmp, split, size))
+        entries = {split: build_cache(load_split(args.splits, split), Path(args.raw), cfg.sizes,
+                                      tmp, split, workers)
+                   for split in SPLITS}
+        write_cache_index(entries, tmp)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from geoloc.data.splits import load_cells, load_split
 from geoloc.models import build_model
 from geoloc.params import as_dict, load_params
 from geoloc.stage import run_stage
-from geoloc.train import Split, fit, seed_everything
+from geoloc.train import fit, seed_everything
 
 log = logging.getLogger("stages.train")
 
@@ -25,12 +25,10 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params()
-    size = params.cache.size
+    size = params.cache.sizes[0]
     cells = load_cells(args.splits)
-    splits = {}
-    for name in ("train", "val"):
-        rows = load_split(args.splits, name)
-        splits[name] = Split(load_cache(args.cache, name, size, len(rows)), rows)
+    splits = {name: load_cache(args.cache, name, size, load_split(args.splits, name))
+              for name in ("train", "val")}
 
     seed_everything(params.train.seed)
     model = build_model(params.model.arch, len(cells), params.model.width, params.model.dropout)

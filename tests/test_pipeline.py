@@ -20,7 +20,7 @@ TINY = {
     "fetch": {"synthetic": {"sequences_per_city": 4, "frames_min": 4, "frames_max": 8,
                             "image_size": 64}},
     "index": {"min_images_per_cell": 3},
-    "cache": {"size": 32},
+    "cache": {"sizes": [32]},
     "model": {"width": 4},
     "train": {"epochs": 2, "batch_size": 32},
 }
@@ -174,6 +174,6 @@ def test_purge_frees_raw_jpegs_of_cached_batches(repo):
     assert list((repo / "data/raw/batch02/images").glob("*.jpg"))
     assert "data/raw/batch01" in run(["dvc", "status"], repo).stdout
 
-    write_params(repo, **{**TINY, "cache": {"size": 24}})
+    write_params(repo, **{**TINY, "cache": {"sizes": [24]}})
     refused = run([sys.executable, "-m", "geoloc.cli", "purge", "batch02"], repo, check=False)
     assert refused.returncode == 2 and "not in the resize cache" in refused.stderr

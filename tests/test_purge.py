@@ -19,7 +19,7 @@ def test_hard_links_are_counted_once_and_all_removed(tmp_path, monkeypatch):
     (raw / "batch02/images/789.jpg").write_bytes(b"z" * 300)
     monkeypatch.setattr(purge, "cached_batches", lambda *args: {"batch01", "batch02"})
     paths = dict(raw=raw, index=tmp_path, splits=tmp_path, cache=tmp_path, store=store,
-                 size=64, dvc_cache=None, lock=tmp_path / "dvc.lock")
+                 sizes=[64], dvc_cache=None, lock=tmp_path / "dvc.lock")
 
     (plan,) = purge.plan(["batch01"], **paths)
     assert sorted(p.name for p in plan.files) == ["123.jpg", "123.jpg", "456.jpg"]
