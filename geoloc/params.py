@@ -148,15 +148,24 @@ class CacheParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    arch: str = knob(choices=("cnn",))
+    arch: str = knob(choices=("cnn", "resnet18", "efficientnet_lite0"))
     width: int = knob(min=4, max=512)
     dropout: float = knob(min=0.0, max=0.9)
+    pretrained: bool = knob()
+    weights_path: str | None = knob()
+    freeze_backbone: bool = knob()
+    head: str = knob(choices=("linear", "mlp"))
+    hybrid: bool = knob()
 
 
 @dataclass(frozen=True)
 class LossParams:
-    name: str = knob(choices=("cross_entropy",))
+    name: str = knob(choices=("cross_entropy", "haversine", "hierarchical"))
     label_smoothing: float = knob(min=0.0, max=0.9)
+    tau_km: float = knob(min=0.001, max=20000.0)
+    hierarchy_weight: float = knob(min=0.0, max=100.0)
+    offset_weight: float = knob(min=0.0, max=100.0)
+    adjacency_weight: float = knob(min=0.0, max=100.0)
 
 
 @dataclass(frozen=True)
