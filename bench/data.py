@@ -44,7 +44,8 @@ FRAMES_PER_DRIVE = 8
 
 
 def render_benchmark_set(folder: Path, images: int) -> pd.DataFrame:
-    """`images` synthetic photos of 1024 px, rows with image_id, path (under folder), label."""
+    """`images` synthetic photos of 1024 px: rows with image_id, label, lat, lon and path
+    (under folder)."""
     cities = load_cities(ROOT / "data/cities.csv").head(10)
     drives = math.ceil(images / FRAMES_PER_DRIVE / len(cities))
     cfg = dict(seed=0, sequences_per_city=drives, frames_min=FRAMES_PER_DRIVE,
@@ -54,6 +55,7 @@ def render_benchmark_set(folder: Path, images: int) -> pd.DataFrame:
     manifest = synthetic.fetch(cities, argparse.Namespace(**cfg), run).head(images)
     codes = pd.factorize(manifest["city"], sort=True)[0]
     return pd.DataFrame({"image_id": manifest["image_id"], "label": codes,
+                         "lat": manifest["lat"], "lon": manifest["lon"],
                          "path": "bench/" + manifest["path"]})
 
 
@@ -114,7 +116,7 @@ def images_per_second(batches, augment=None, epochs: int = 2) -> float:
     for epoch in range(epochs + 1):
         if epoch == 1:
             count, started = 0, time.perf_counter()
-        for images, _ in batches:
+        for images, *_ in batches:
             if augment is not None:
                 images = augment(images, generator)
             count += len(images)
@@ -125,7 +127,7 @@ def train_step_images_per_s(size: int, batch_size: int, steps: int = 30) -> floa
     """The baseline CNN's forward, backward and AdamW step on batches already in memory."""
     params = load_params(ROOT / "params.yaml")
     torch.manual_seed(0)
-    model = build_model(params.model.arch, 60, params.model.width, params.model.dropout)
+    model = build_model(params.model, 60)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8)
     labels = torch.randint(0, 60, (batch_size,))
@@ -146,7 +148,8 @@ def measure(tmp: Path, rows: pd.DataFrame, size: int, workers: int, batch_size: 
                                         ("draft", "rows.parquet", True),
                                         ("doubled", "doubled.parquet", True))}
     cached = load_cache(tmp / f"draft_{size}", "train", size, rows)
-    loader = cache_loader(cached, batch_size, shuffle=True, workers=workers)
+    loader = cache_loader(cached, batch_size, shuffle=True, generator=torch.Generator(),
+                          workers=workers)
     loader_cached = images_per_second(loader, BatchAugment())
     plain = DataLoader(JpegFiles(tmp, rows, size), batch_size=batch_size, shuffle=True,
                        num_workers=workers, persistent_workers=workers > 0)

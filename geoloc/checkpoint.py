@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -11,17 +12,20 @@ import torch
 from geoloc.errors import GeolocError
 from geoloc.io import atomic_path
 from geoloc.models import GeoNet, build_model
+from geoloc.params import ModelParams
 
 CELL_COLUMNS = ["label", "cell", "lat", "lon", "n_train"]
 
 
-def save_checkpoint(path: Path | str, model: GeoNet, cells: pd.DataFrame, *, arch: str,
-                    width: int, dropout: float, image_size: int, params: dict,
+def save_checkpoint(path: Path | str, model: GeoNet, cells: pd.DataFrame,
+                    model_cfg: ModelParams, image_size: int, params: dict,
                     summary: dict) -> None:
     checkpoint = {
         "state_dict": model.state_dict(),
-        "model": {"arch": arch, "width": width, "dropout": dropout,
-                  "num_classes": len(cells), "image_size": image_size},
+        # The model params rebuild the architecture; num_classes and image_size are what a
+        # predictor needs besides.
+        "model": {**dataclasses.asdict(model_cfg), "num_classes": len(cells),
+                  "image_size": image_size},
         "cells": cells[CELL_COLUMNS].to_dict(orient="list"),
         "params": params,
         "summary": summary,
@@ -41,8 +45,21 @@ def load_checkpoint(path: Path | str) -> tuple[GeoNet, pd.DataFrame, dict]:
         raise GeolocError(f"{path} not found: run the train stage")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     spec = checkpoint["model"]
-    model = build_model(spec["arch"], spec["num_classes"], spec["width"], spec["dropout"])
+    cfg = ModelParams(**{f.name: spec[f.name] for f in dataclasses.fields(ModelParams)})
+    # The state_dict holds every weight: no download, no weights file.
+    model = build_model(cfg, spec["num_classes"], load_weights=False)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     cells = pd.DataFrame(checkpoint["cells"])
     return model, cells, checkpoint
+
+
+def check_cells(model_cells: pd.DataFrame, split_cells: pd.DataFrame, path: Path | str) -> None:
+    """Refuse a model trained on another cell table than the split's: its labels would name
+    other places, and every distance computed from them would be wrong."""
+    ours = model_cells[["label", "cell"]].reset_index(drop=True)
+    theirs = split_cells[["label", "cell"]].reset_index(drop=True)
+    if not ours.astype(str).equals(theirs.astype(str)):
+        raise GeolocError(f"{path} was trained on another cell table ({len(ours)} cells) than "
+                          f"data/splits/cells.parquet ({len(theirs)} cells): retrain it with "
+                          f"`dvc repro train`")

@@ -7,7 +7,7 @@ import pandas as pd
 
 from geoloc.data.cache import CachedSplit
 from geoloc.geo import haversine_km
-from geoloc.inference import argmax_points, predict_logits
+from geoloc.inference import predict_outputs, predicted_points
 from geoloc.metrics import distance_metrics, topk_accuracy
 
 
@@ -15,10 +15,10 @@ def evaluate(model, test: CachedSplit, cells: pd.DataFrame, top_k: int,
              ) -> tuple[dict, pd.DataFrame]:
     """(metrics for metrics/eval.json, one prediction row per test image in the cache)."""
     rows = test.rows
-    logits = predict_logits(model, test.images, rows["cache_row"])
+    logits, offsets = predict_outputs(model, test.images, rows["cache_row"])
     labels = rows["label"].to_numpy()
     probs = _softmax(logits)
-    lat, lon = argmax_points(logits, cells)
+    lat, lon = predicted_points(logits, offsets, cells)
     errors = haversine_km(rows["lat"].to_numpy(), rows["lon"].to_numpy(), lat, lon)
 
     metrics = {

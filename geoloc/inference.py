@@ -1,4 +1,4 @@
-"""From images to logits to points on the map."""
+"""From images to logits (and offsets) to points on the map."""
 
 from __future__ import annotations
 
@@ -6,30 +6,53 @@ import numpy as np
 import pandas as pd
 import torch
 
-from geoloc.geo import haversine_km
+from geoloc.geo import haversine_km, shift_km
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: np.ndarray, positions=None,
-                   batch_size: int = 256) -> np.ndarray:
-    """Logits for uint8 images (N x S x S x 3), or for those at `positions` only, in batches
-    so memory stays bounded."""
+def predict_outputs(model: torch.nn.Module, images: np.ndarray, positions=None, *,
+                    device=None, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits N x K, offsets N x K x 2 in km or None) for uint8 images (N x S x S x 3), or
+    for those at `positions` only, in batches so memory stays bounded."""
     model.eval()
     positions = np.arange(len(images)) if positions is None else np.asarray(positions)
-    # Indexing with an array copies the batch out of the read-only memory map, which torch
-    # could not wrap.
-    out = [model(torch.from_numpy(images[positions[i:i + batch_size]])).numpy()
-           for i in range(0, len(positions), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    logits, offsets = [], []
+    for start in range(0, len(positions), batch_size):
+        # Indexing with an array copies the batch out of the read-only memory map, which
+        # torch could not wrap.
+        batch = torch.from_numpy(images[positions[start:start + batch_size]])
+        if device is not None:
+            batch = batch.to(device)
+        # An exported (TorchScript) model has `forward` only: logits, no offsets.
+        forward_train = getattr(model, "forward_train", None)
+        out_logits, out_offsets = (forward_train(batch) if forward_train is not None
+                                   else (model(batch), None))
+        logits.append(out_logits.float().cpu().numpy())
+        if out_offsets is not None:
+            offsets.append(out_offsets.float().cpu().numpy())
+    if not logits:
+        return np.zeros((0, 0), dtype=np.float32), None
+    return np.concatenate(logits), np.concatenate(offsets) if offsets else None
 
 
-def argmax_points(logits: np.ndarray, cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(lat, lon) of the representative point of each row's most likely cell."""
+def predict_logits(model: torch.nn.Module, images: np.ndarray, positions=None) -> np.ndarray:
+    return predict_outputs(model, images, positions)[0]
+
+
+def predicted_points(logits: np.ndarray, offsets: np.ndarray | None,
+                     cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(lat, lon) of each row's most likely cell's point, moved by the hybrid head's offset for
+    that cell where the model has one."""
     points = cells.set_index("label").sort_index()
     best = logits.argmax(axis=1)
-    return points["lat"].to_numpy()[best], points["lon"].to_numpy()[best]
+    lat, lon = points["lat"].to_numpy()[best], points["lon"].to_numpy()[best]
+    if offsets is None:
+        return lat, lon
+    east, north = offsets[np.arange(len(best)), best].T
+    return shift_km(lat, lon, east, north)
 
 
-def errors_km(logits: np.ndarray, cells: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
-    lat, lon = argmax_points(logits, cells)
+def errors_km(logits: np.ndarray, offsets: np.ndarray | None, cells: pd.DataFrame,
+              rows: pd.DataFrame) -> np.ndarray:
+    lat, lon = predicted_points(logits, offsets, cells)
     return haversine_km(rows["lat"].to_numpy(), rows["lon"].to_numpy(), lat, lon)

@@ -176,8 +176,12 @@ class TrainParams:
     lr: float = knob(min=0.0, max=10.0)
     weight_decay: float = knob(min=0.0, max=10.0)
     patience: int = knob(min=1)
+    warmup_epochs: float = knob(min=0.0, max=100.0)
     augment: bool = knob()
     workers: int = knob(min=0, max=64)
+    precision: str = knob(choices=("fp32", "bf16", "fp16"))
+    multiscale: bool = knob()
+    resume: bool = knob()
 
 
 @dataclass(frozen=True)

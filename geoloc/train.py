@@ -1,25 +1,84 @@
-"""The training loop: AdamW, cosine decay, early stopping on validation median km."""
+"""The training loop: AdamW with a linear warm-up and a cosine decay, distance-aware losses,
+early stopping on validation median km, mixed precision, a checkpoint after every epoch to
+resume from, and DDP when started by torchrun.
+
+Every epoch seeds its own randomness (shuffling, augmentation, dropout) from (seed, epoch), so
+a run resumed after epoch k repeats exactly what the uninterrupted run would have done.
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
+import math
+import os
 import random
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from geoloc.data.augment import BatchAugment
-from geoloc.data.cache import CachedSplit
+from geoloc.data.cache import CachedSplit, ids_digest
 from geoloc.data.loader import cache_loader
-from geoloc.inference import errors_km, predict_logits
+from geoloc.errors import GeolocError
+from geoloc.inference import errors_km, predict_outputs
+from geoloc.io import atomic_path
+from geoloc.losses import build_loss
 from geoloc.models import GeoNet
 from geoloc.params import LossParams, TrainParams
 
 log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+FEATURE_BATCH = 256
+
+
+@dataclass
+class Dist:
+    """This process's place in a DDP run (rank 0 of 1 when alone)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class State:
+    """What a resumed run needs besides the model and optimizer."""
+
+    epoch: int = 0                  # the next epoch to run
+    best: dict | None = None
+    best_state: dict | None = None
+    stale: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def start_distributed() -> Dist:
+    """Join the DDP group torchrun set up (WORLD_SIZE > 1), or stay alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return Dist(torch.distributed.get_rank(), world)
+
+
+def stop_distributed(dist: Dist) -> None:
+    if dist.world > 1:
+        torch.distributed.destroy_process_group()
 
 
 def seed_everything(seed: int) -> None:
@@ -29,68 +88,267 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def fit(model: GeoNet, train: CachedSplit, val: CachedSplit, cells: pd.DataFrame,
-        cfg: TrainParams, loss_cfg: LossParams, live) -> dict:
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fingerprint(params: dict, train: CachedSplit, val: CachedSplit, cells: pd.DataFrame) -> str:
+    """What a resume checkpoint must have been written for: the params that shape training,
+    the data it saw and the cell table it predicts."""
+    shaping = {section: params[section] for section in ("model", "loss", "train")}
+    shaping["train"] = {k: v for k, v in shaping["train"].items() if k not in ("resume", "workers")}
+    shaping["cache_sizes"] = params["cache"]["sizes"]
+    shaping["train_ids"] = ids_digest(train.rows)
+    shaping["val_ids"] = ids_digest(val.rows)
+    shaping["cells"] = cells[["label", "cell"]].astype(str).values.tolist()
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def fit(model: GeoNet, train: dict[int, CachedSplit], val: CachedSplit, cells: pd.DataFrame,
+        cfg: TrainParams, loss_cfg: LossParams, live, *, resume_path: Path | None = None,
+        stamp: str = "", dist: Dist | None = None) -> dict:
     """Train in place and load the best epoch's weights back; returns that epoch's figures.
 
-    `live` is a DVCLive Live (or anything with log_metric and next_step).
+    `train` holds the train split cached at each size (the first is the model's input size);
+    `live` is a DVCLive Live (or anything with log_metric and next_step); `resume_path` is
+    where the per-epoch checkpoint lives, `stamp` the fingerprint it must carry.
     """
-    seed_everything(cfg.seed)
-    loader = cache_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                          workers=cfg.workers)
-    augment = BatchAugment() if cfg.augment else None
-    generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * len(loader))
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=loss_cfg.label_smoothing)
+    dist = dist or Dist()
+    device = pick_device()
+    autocast_dtype = PRECISIONS[cfg.precision]
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise GeolocError("train.precision fp16 needs a CUDA device; use bf16 on a CPU")
+    model.to(device)
+    criterion = build_loss(loss_cfg, cells).to(device)
+    sizes = list(train)
+    if model.frozen:
+        batches = _FeatureBatches(model, train[sizes[0]], cfg, device, dist)
+        val_features = _features(model, val, device)
+    else:
+        batches = _ImageBatches(train, cfg, dist)
+        val_features = None
+    step = _TrainStep(model, criterion, device, autocast_dtype, dist)
+    optimizer = torch.optim.AdamW(step.parameters_to_train(), lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    total = cfg.epochs * batches.steps_per_epoch
+    warmup = round(cfg.warmup_epochs * batches.steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, total))
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
 
-    best, best_state, stale = None, None, 0
-    for epoch in range(cfg.epochs):
-        start = time.perf_counter()
-        train_loss = _train_epoch(model, loader, augment, generator, optimizer, scheduler,
-                                  criterion, epoch)
-        figures = {"epoch": epoch, "train_loss": train_loss, **evaluate_split(model, val, cells)}
-        for name, value in figures.items():
-            if name != "epoch":
-                live.log_metric(name, value)
-        live.next_step()
-        log.info("epoch %d: loss %.3f, val accuracy %.3f, val median %.2f km (%.1f s)", epoch,
-                 train_loss, figures["val_accuracy"], figures["val_median_km"],
-                 time.perf_counter() - start)
-        if best is None or figures["val_median_km"] < best["val_median_km"]:
-            best, best_state, stale = figures, copy.deepcopy(model.state_dict()), 0
+    state = State()
+    if cfg.resume and resume_path is not None:
+        state = _resume(resume_path, stamp, model, optimizer, scheduler, scaler, live)
+    for epoch in range(state.epoch, cfg.epochs):
+        started = time.perf_counter()
+        size = sizes[epoch % len(sizes)] if cfg.multiscale else sizes[0]
+        train_loss = step.epoch(batches.of_epoch(epoch, size), optimizer, scheduler, scaler,
+                                epoch, cfg.seed)
+        figures = {"epoch": epoch, "train_loss": train_loss,
+                   **evaluate_split(model, val, cells, device, val_features)}
+        state.history.append(figures)
+        _log_epoch(live, figures, dist)
+        if dist.main:
+            log.info("epoch %d (%d px): loss %.3f, val accuracy %.3f, val median %.2f km "
+                     "(%.1f s)", epoch, size, train_loss, figures["val_accuracy"],
+                     figures["val_median_km"], time.perf_counter() - started)
+        if state.best is None or figures["val_median_km"] < state.best["val_median_km"]:
+            state.best, state.stale = figures, 0
+            state.best_state = copy.deepcopy(model.state_dict())
         else:
-            stale += 1
-            if stale >= cfg.patience:
-                log.info("early stop: no better val median km for %d epochs", cfg.patience)
-                break
-    model.load_state_dict(best_state)
-    return {"best_epoch": best["epoch"], "epochs_run": epoch + 1,
-            **{k: v for k, v in best.items() if k != "epoch"}}
+            state.stale += 1
+        state.epoch = epoch + 1
+        if dist.main and resume_path is not None:
+            _save_resume(resume_path, stamp, model, optimizer, scheduler, scaler, state)
+        if state.stale >= cfg.patience:
+            log.info("early stop: no better val median km for %d epochs", cfg.patience)
+            break
+    model.load_state_dict(state.best_state)
+    model.to("cpu")
+    return {"best_epoch": state.best["epoch"], "epochs_run": state.epoch,
+            **{k: v for k, v in state.best.items() if k != "epoch"}}
 
 
-def _train_epoch(model, loader, augment, generator, optimizer, scheduler, criterion,
-                 epoch: int) -> float:
-    model.train()
-    total, count = 0.0, 0
-    for images, labels in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False,
-                               mininterval=2):
-        if augment is not None:
-            images = augment(images, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss = criterion(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total += loss.item() * len(labels)
-        count += len(labels)
-    return total / count
+def _warmup_cosine(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
 
 
-def evaluate_split(model: GeoNet, split: CachedSplit, cells: pd.DataFrame) -> dict:
-    logits = predict_logits(model, split.images, split.rows["cache_row"])
-    labels = split.rows["label"].to_numpy()
-    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
-    errors = errors_km(logits, cells, split.rows)
+def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    return (seed * 1_000_003 + epoch) * 8 + stream
+
+
+class _ImageBatches:
+    """Batches of cached images, at the epoch's size, with the augmentation they get."""
+
+    def __init__(self, train: dict[int, CachedSplit], cfg: TrainParams, dist: Dist):
+        self.generator = torch.Generator()
+        self.loaders = {size: cache_loader(split, cfg.batch_size, shuffle=True,
+                                           generator=self.generator, workers=cfg.workers,
+                                           rank=dist.rank, world=dist.world)
+                        for size, split in train.items()}
+        self.augment = BatchAugment() if cfg.augment else None
+        self.augment_generator = torch.Generator()
+        self.seed, self.rank = cfg.seed, dist.rank
+        self.steps_per_epoch = len(next(iter(self.loaders.values())))
+
+    def of_epoch(self, epoch: int, size: int):
+        # The order is one for all ranks (each takes its share); crops differ per rank.
+        self.generator.manual_seed(_epoch_seed(self.seed, epoch, 0))
+        self.augment_generator.manual_seed(_epoch_seed(self.seed, epoch, 1) + 7 * self.rank)
+        for images, labels, points in self.loaders[size]:
+            if self.augment is not None:
+                images = self.augment(images, self.augment_generator)
+            yield images, labels, points
+
+
+class _FeatureBatches:
+    """With a frozen backbone: its features of the train images, computed once (without
+    augmentation, which would defeat the point), served in shuffled batches."""
+
+    def __init__(self, model: GeoNet, train: CachedSplit, cfg: TrainParams, device,
+                 dist: Dist):
+        self.features = _features(model, train, device)
+        self.labels = torch.from_numpy(train.rows["label"].to_numpy())
+        self.points = torch.from_numpy(train.rows[["lat", "lon"]].to_numpy(np.float32))
+        self.batch_size, self.seed, self.dist = cfg.batch_size, cfg.seed, dist
+        share = -(-len(self.labels) // dist.world)
+        self.steps_per_epoch = -(-share // self.batch_size)
+
+    def of_epoch(self, epoch: int, size: int):
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch, 0))
+        order = torch.randperm(len(self.labels), generator=generator)
+        order = order[self.dist.rank::self.dist.world]
+        for start in range(0, len(order), self.batch_size):
+            take = order[start:start + self.batch_size]
+            yield self.features[take], self.labels[take], self.points[take]
+
+
+@torch.no_grad()
+def _features(model: GeoNet, split: CachedSplit, device) -> torch.Tensor:
+    model.eval()
+    positions = split.rows["cache_row"].to_numpy()
+    out = [model.features(torch.from_numpy(split.images[positions[i:i + FEATURE_BATCH]])
+                          .to(device)).float().cpu()
+           for i in range(0, len(positions), FEATURE_BATCH)]
+    return torch.cat(out)
+
+
+class _Outputs(nn.Module):
+    """What a training step calls: the model's (logits, offsets) from images, or from features
+    when the backbone is frozen. A module of its own so DDP can wrap it."""
+
+    def __init__(self, model: GeoNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor):
+        if self.model.frozen:
+            return self.model.head_forward(inputs)
+        return self.model.forward_train(inputs)
+
+
+class _TrainStep:
+    def __init__(self, model: GeoNet, criterion, device, dtype, dist: Dist):
+        self.model, self.criterion, self.device, self.dtype = model, criterion, device, dtype
+        self.outputs = _Outputs(model)
+        self.rank = dist.rank
+        if dist.world > 1:
+            self.outputs = nn.parallel.DistributedDataParallel(self.outputs)
+
+    def parameters_to_train(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def epoch(self, batches, optimizer, scheduler, scaler, epoch: int, seed: int) -> float:
+        torch.manual_seed(_epoch_seed(seed, epoch, 2) + 7 * self.rank)   # dropout
+        self.model.train()
+        total, count = 0.0, 0
+        for inputs, labels, points in tqdm(batches, desc=f"epoch {epoch}", unit="batch",
+                                           leave=False, mininterval=2):
+            inputs, labels, points = (t.to(self.device, non_blocking=True)
+                                      for t in (inputs, labels, points))
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(self.device.type, dtype=self.dtype,
+                                enabled=self.dtype is not None):
+                logits, offsets = self.outputs(inputs)
+            loss, _ = self.criterion(logits.float(), labels, points,
+                                     None if offsets is None else offsets.float(),
+                                     self.model.head_weight)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total += loss.item() * len(labels)
+            count += len(labels)
+        return total / max(count, 1)
+
+
+def evaluate_split(model: GeoNet, split: CachedSplit, cells: pd.DataFrame, device=None,
+                   features: torch.Tensor | None = None) -> dict:
+    """Validation figures, from the split's images or from their precomputed `features`."""
+    rows = split.rows
+    if features is None:
+        logits, offsets = predict_outputs(model, split.images, rows["cache_row"], device=device)
+    else:
+        logits, offsets = _head_outputs(model, features, device)
+    labels = rows["label"].to_numpy()
+    loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
+    errors = errors_km(logits, offsets, cells, rows)
     return {"val_loss": float(loss), "val_accuracy": float(np.mean(logits.argmax(1) == labels)),
             "val_median_km": float(np.median(errors))}
+
+
+@torch.no_grad()
+def _head_outputs(model: GeoNet, features: torch.Tensor, device):
+    model.eval()
+    logits, offsets = [], []
+    for start in range(0, len(features), FEATURE_BATCH):
+        out_logits, out_offsets = model.head_forward(features[start:start + FEATURE_BATCH]
+                                                     .to(device))
+        logits.append(out_logits.float().cpu())
+        if out_offsets is not None:
+            offsets.append(out_offsets.float().cpu())
+    return torch.cat(logits).numpy(), torch.cat(offsets).numpy() if offsets else None
+
+
+def _log_epoch(live, figures: dict, dist: Dist) -> None:
+    if not dist.main:
+        return
+    for name, value in figures.items():
+        if name != "epoch":
+            live.log_metric(name, value)
+    live.next_step()
+
+
+def _save_resume(path: Path, stamp: str, model, optimizer, scheduler, scaler,
+                 state: State) -> None:
+    checkpoint = {"fingerprint": stamp, "model": model.state_dict(),
+                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                  "scaler": scaler.state_dict(), "state": state.__dict__}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def _resume(path: Path, stamp: str, model, optimizer, scheduler, scaler, live) -> State:
+    """The state saved after the last finished epoch, when it was written for this very run;
+    a checkpoint of other params, data or cells is refused (and left for its own run)."""
+    if not path.exists():
+        return State()
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint.get("fingerprint") != stamp:
+        log.warning("not resuming from %s: it was written for other params, data or cells; "
+                    "training from the start", path)
+        return State()
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    state = State(**checkpoint["state"])
+    for figures in state.history:   # DVC removed the metrics of the killed run: replay them
+        _log_epoch(live, figures, Dist())
+    log.info("resuming from %s after epoch %d", path, state.epoch - 1)
+    return state

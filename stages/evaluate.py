@@ -4,9 +4,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from geoloc.checkpoint import load_checkpoint
+from geoloc.checkpoint import check_cells, load_checkpoint
 from geoloc.data.cache import load_cache
-from geoloc.data.splits import load_split
+from geoloc.data.splits import load_cells, load_split
 from geoloc.evaluate import error_cdf, evaluate
 from geoloc.io import atomic_path, write_json, write_parquet
 from geoloc.params import load_params
@@ -27,6 +27,7 @@ def main() -> None:
 
     params = load_params()
     model, cells, checkpoint = load_checkpoint(args.model)
+    check_cells(cells, load_cells(args.splits), args.model)
     test = load_cache(args.cache, "test", checkpoint["model"]["image_size"],
                       load_split(args.splits, "test"))
     metrics, predictions = evaluate(model, test, cells, params.evaluate.top_k)

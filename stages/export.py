@@ -3,9 +3,9 @@
 import argparse
 import logging
 
-from geoloc.checkpoint import load_checkpoint
+from geoloc.checkpoint import check_cells, load_checkpoint
 from geoloc.data.cache import load_cache
-from geoloc.data.splits import load_split
+from geoloc.data.splits import load_cells, load_split
 from geoloc.export import export_model
 from geoloc.io import atomic_dir, write_json
 from geoloc.params import load_params
@@ -27,6 +27,7 @@ def main() -> None:
 
     opset = load_params().export.opset
     model, cells, checkpoint = load_checkpoint(args.model)
+    check_cells(cells, load_cells(args.splits), args.model)
     size = checkpoint["model"]["image_size"]
     test = load_cache(args.cache, "test", size, load_split(args.splits, "test"))
     # Parity on a bounded sample: the first test images, read once into memory.

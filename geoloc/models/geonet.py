@@ -1,28 +1,69 @@
 """The model as it is trained, evaluated and exported: uint8 photos in, cell logits out."""
 
+from __future__ import annotations
+
 import torch
 from torch import nn
 
-# ImageNet statistics: standard for the pretrained backbones, harmless for the baseline.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from geoloc.models.backbone import Backbone
+from geoloc.models.heads import Head
 
 
 class GeoNet(nn.Module):
-    """Backbone + dropout + linear head over cells.
+    """Normalisation, backbone, head.
 
     Takes uint8 images as N x H x W x 3 (the cache's layout, and what a decoded photo is), so
-    normalisation travels inside exported TorchScript and ONNX files.
+    normalisation travels inside exported TorchScript and ONNX files. `forward` returns the
+    logits only: it is what gets exported. Training and evaluation call `forward_train`, which
+    adds the hybrid head's offsets; with a frozen backbone they call `features` once per image
+    and `head_forward` at every step.
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, dropout: float):
+    def __init__(self, backbone: Backbone, head: Head):
         super().__init__()
-        self.backbone = backbone
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(feature_dim, num_classes)
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255)
+        self.backbone = backbone.module
+        self.head = head
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1))
+        self.frozen = False
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std
-        return self.head(self.dropout(self.backbone(x)))
+        return self.head.logits(self.features(images))
+
+    def forward_train(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits B x K, offsets B x K x 2 in km or None); dropout is in the head."""
+        return self.head_forward(self.features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalise(images))
+
+    def head_forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.head(features)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (or float 0..255) N x H x W x 3 -> float N x 3 x H x W as the backbone's
+        weights expect."""
+        return (images.permute(0, 3, 1, 2).float() - self.mean) / self.std
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The classifier's weights, K x D: one row per cell (what an adjacency loss pulls)."""
+        return self.head.classifier.weight
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def freeze_backbone(self) -> GeoNet:
+        """Train the head only: the backbone's parameters stop taking gradients and the
+        backbone stays in eval mode through `train()`, so its BatchNorm statistics (and any
+        stochastic depth) stay as loaded. The features are then a fixed function of the image,
+        which is what lets the trainer compute them once."""
+        self.backbone.requires_grad_(False)
+        self.frozen = True
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> GeoNet:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self

@@ -1,0 +1,98 @@
+"""The ablation over the default world: queue one DVC experiment per configuration, run them all,
+and write the table of `dvc exp show` (test median km, p90 km, accuracy, training minutes) to
+experiments/ablation.md, which the README quotes.
+
+    python experiments/ablation.py            # queue, run (hours on a 2-core CPU), tabulate
+    python experiments/ablation.py --table    # only tabulate experiments already run
+
+Each experiment is HEAD's params plus the changes listed here, so run it from a clean commit.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "experiments/ablation.md"
+
+# name -> the params it changes from HEAD's; the first is the baseline.
+CONFIGS = {
+    "baseline-cnn": {},
+    "baseline-cnn-spatial-split": {"split.protocol": "spatial"},
+    "cnn-haversine": {"loss.name": "haversine"},
+    "cnn-hierarchical": {"loss.name": "hierarchical"},
+    "cnn-hybrid": {"model.hybrid": "true"},
+    "cnn-adjacency": {"loss.adjacency_weight": "0.01"},
+    "cnn-mlp-head": {"model.head": "mlp"},
+    "resnet18-scratch": {"model.arch": "resnet18"},
+    "effnet-scratch": {"model.arch": "efficientnet_lite0"},
+    "effnet-pretrained": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
+                          "train.lr": "0.001"},
+    "effnet-frozen-linear": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
+                             "model.freeze_backbone": "true", "train.augment": "false"},
+    "effnet-frozen-mlp": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
+                          "model.freeze_backbone": "true", "model.head": "mlp",
+                          "train.augment": "false"},
+    "effnet-pretrained-haversine-hybrid": {"model.arch": "efficientnet_lite0",
+                                           "model.pretrained": "true", "train.lr": "0.001",
+                                           "loss.name": "haversine", "model.hybrid": "true"},
+}
+COLUMNS = [("median km", "metrics/eval.json", "median_km"),
+           ("p90 km", "metrics/eval.json", "p90_km"),
+           ("accuracy", "metrics/eval.json", "accuracy"),
+           ("training minutes", "metrics/train_time.json", "train_minutes")]
+
+
+def dvc(*args: str) -> str:
+    return subprocess.run(["dvc", *args], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def queue_and_run() -> None:
+    for name, changes in CONFIGS.items():
+        sets = [arg for key, value in changes.items() for arg in ("-S", f"{key}={value}")]
+        dvc("exp", "run", "--queue", "-n", name, *sets)
+        print(f"queued {name}", file=sys.stderr)
+    # One at a time: two trainings would share two cores and both take twice as long.
+    subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], cwd=ROOT, check=True)
+
+
+def table() -> str:
+    shown = json.loads(dvc("exp", "show", "--json"))
+    metrics = {}
+    for commit in shown:
+        for experiment in commit.get("experiments") or []:
+            name = experiment.get("name")
+            revision = (experiment.get("revs") or [{}])[0]
+            data = (revision.get("data") or {}).get("metrics") or {}
+            if name in CONFIGS:
+                metrics[name] = {path: (data.get(path) or {}).get("data", {}) for path in
+                                 {c[1] for c in COLUMNS}}
+    lines = ["| experiment | changes | " + " | ".join(c[0] for c in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for name, changes in CONFIGS.items():
+        if name not in metrics:
+            continue
+        values = [metrics[name][path].get(key) for _, path, key in COLUMNS]
+        cells = ["n/a" if v is None else f"{v:.3g}" for v in values]
+        described = ", ".join(f"{k}={v}" for k, v in changes.items()) or "(HEAD's params)"
+        lines.append(f"| {name} | {described} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", action="store_true", help="only tabulate finished runs")
+    args = parser.parse_args()
+    if not args.table:
+        queue_and_run()
+    text = table()
+    TABLE.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
