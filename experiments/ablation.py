@@ -35,9 +35,6 @@ CONFIGS = {
     "effnet-frozen-mlp": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
                           "model.freeze_backbone": "true", "model.head": "mlp",
                           "train.augment": "false"},
-    "effnet-pretrained-haversine-hybrid": {"model.arch": "efficientnet_lite0",
-                                           "model.pretrained": "true", "train.lr": "0.001",
-                                           "loss.name": "haversine", "model.hybrid": "true"},
 }
 COLUMNS = [("median km", "metrics/eval.json", "median_km"),
            ("p90 km", "metrics/eval.json", "p90_km"),

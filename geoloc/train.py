@@ -212,8 +212,8 @@ class _FeatureBatches:
     def __init__(self, model: GeoNet, train: CachedSplit, cfg: TrainParams, device,
                  dist: Dist):
         self.features = _features(model, train, device)
-        self.labels = torch.from_numpy(train.rows["label"].to_numpy())
-        self.points = torch.from_numpy(train.rows[["lat", "lon"]].to_numpy(np.float32))
+        self.labels = torch.tensor(train.rows["label"].to_numpy())
+        self.points = torch.tensor(train.rows[["lat", "lon"]].to_numpy(np.float32))
         self.batch_size, self.seed, self.dist = cfg.batch_size, cfg.seed, dist
         share = -(-len(self.labels) // dist.world)
         self.steps_per_epoch = -(-share // self.batch_size)
@@ -295,7 +295,7 @@ def evaluate_split(model: GeoNet, split: CachedSplit, cells: pd.DataFrame, devic
     else:
         logits, offsets = _head_outputs(model, features, device)
     labels = rows["label"].to_numpy()
-    loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
+    loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.tensor(labels))
     errors = errors_km(logits, offsets, cells, rows)
     return {"val_loss": float(loss), "val_accuracy": float(np.mean(logits.argmax(1) == labels)),
             "val_median_km": float(np.median(errors))}

@@ -1,0 +1,102 @@
+"""The training loop on a tiny in-memory split: precision, multi-scale, frozen backbones, the
+learning-rate schedule. Resume and torchrun run end to end in test_pipeline.py."""
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_params
+
+from geoloc.data.cache import CachedSplit
+from geoloc.errors import GeolocError
+from geoloc.models import build_model
+from geoloc.train import _warmup_cosine, fit, seed_everything
+
+PARAMS = tiny_params()
+CELLS = pd.DataFrame({
+    "label": [0, 1, 2], "cell": ["851f91dbfffffff", "851f93b7fffffff", "851f9353fffffff"],
+    "resolution": 5, "lat": [45.0, 45.2, 45.4], "lon": [5.0, 5.1, 5.2],
+    "parents": [[], [], []], "neighbours": [[], [], []]})
+
+
+class Recorder:
+    def __init__(self):
+        self.steps = []
+
+    def log_metric(self, name, value):
+        if not self.steps or name in self.steps[-1]:
+            self.steps.append({})
+        self.steps[-1][name] = value
+
+    def next_step(self):
+        pass
+
+
+def split(size: int, n: int = 48, seed: int = 0) -> CachedSplit:
+    """Images whose colour says their cell, so a few epochs learn something."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    images = rng.integers(0, 60, (n, size, size, 3), dtype=np.uint8)
+    images[np.arange(n), :, :, labels] += 180
+    rows = pd.DataFrame({"label": labels, "lat": CELLS["lat"].to_numpy()[labels] + 0.01,
+                         "lon": CELLS["lon"].to_numpy()[labels], "cache_row": np.arange(n),
+                         "image_id": [f"i{i}" for i in range(n)]})
+    return CachedSplit(images, rows)
+
+
+def train(model_changes=None, **train_changes):
+    model_cfg = replace(PARAMS.model, width=4, **(model_changes or {}))
+    cfg = replace(PARAMS.train, epochs=3, batch_size=16, patience=10, **train_changes)
+    seed_everything(0)
+    model = build_model(model_cfg, len(CELLS))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sizes = [32, 40] if cfg.multiscale else [32]
+    summary = fit(model, {size: split(size) for size in sizes}, split(32, seed=1), CELLS, cfg,
+                  PARAMS.loss, Recorder())
+    return model, before, summary
+
+
+def test_bf16_autocast_trains_on_a_cpu():
+    model, before, summary = train(precision="bf16")
+    assert np.isfinite(summary["val_loss"]) and summary["val_accuracy"] > 0.5
+    assert not torch.equal(before["head.classifier.weight"], model.head_weight)
+
+
+def test_fp16_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: fp16 is allowed")
+    with pytest.raises(GeolocError, match="fp16 needs a CUDA device; use bf16"):
+        train(precision="fp16")
+
+
+def test_multiscale_epochs_cycle_through_the_cached_sizes(caplog):
+    with caplog.at_level(logging.INFO, logger="geoloc.train"):
+        train(multiscale=True)
+    sizes = [r.getMessage().split("(")[1].split(" px")[0] for r in caplog.records
+             if r.getMessage().startswith("epoch")]
+    assert sizes == ["32", "40", "32"]
+
+
+def test_a_frozen_backbone_trains_the_head_alone():
+    model, before, _ = train({"freeze_backbone": True, "head": "mlp"}, augment=False)
+    after = model.state_dict()
+    for name, tensor in before.items():
+        changed = not torch.equal(tensor, after[name])
+        assert changed == name.startswith("head."), name
+
+
+def test_the_hybrid_head_learns_offsets():
+    model, before, _ = train({"hybrid": True})
+    assert not torch.equal(before["head.offsets.weight"], model.state_dict()["head.offsets.weight"])
+
+
+def test_warm_up_then_cosine():
+    factor = _warmup_cosine(warmup=4, total=20)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(4) == pytest.approx(1.0)
+    assert factor(12) == pytest.approx(0.5)
+    assert factor(20) == pytest.approx(0.0, abs=1e-12)
+    assert _warmup_cosine(0, 10)(0) == pytest.approx(1.0)
