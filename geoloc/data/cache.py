@@ -179,10 +179,5 @@ def load_cache(cache_dir: Path | str, split: str, size: int, rows: pd.DataFrame)
     return CachedSplit(images, usable)
 
 
-def cache_bytes(images: int, size: int) -> int:
-    """Disk taken by `images` cached at `size` px (the .npy header aside)."""
-    return images * size * size * 3
-
-
 def default_workers() -> int:
     return len(os.sched_getaffinity(0))
