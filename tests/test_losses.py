@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from test_index_and_splits import SPLIT, fake_images, index_cfg
 
 from geoloc import geo, losses
-from geoloc.data.cells import build_index, cell_table
+from geoloc.data.cells import build_index, cell_table, hierarchy_levels, neighbour_edges
 from geoloc.data.splits import make_splits
-from geoloc.losses import build_loss, group_logits, hierarchy_levels, neighbour_edges
+from geoloc.losses import build_loss, group_logits
 from geoloc.params import LossParams
 
 BASE = LossParams(name="cross_entropy", label_smoothing=0.0, tau_km=10.0, hierarchy_weight=1.0,

@@ -138,6 +138,32 @@ def cell_table(kept: list[str], counts: pd.Series, coarsest: int) -> pd.DataFram
     })
 
 
+def hierarchy_levels(cells: pd.DataFrame) -> dict[int, np.ndarray]:
+    """For every resolution r coarser than the finest class, each class's group at r: the
+    index of its ancestor at r, or of itself if it is no finer than r (it has no parent there).
+
+    The coarsest r is the coarsest ancestor listed in `parents`. A level where every class is
+    alone in its group is left out: its loss would repeat the cell loss.
+    """
+    ancestors = [{h3.get_resolution(p): p for p in parents} for parents in cells["parents"]]
+    coarsest = min([int(cells["resolution"].min()), *(r for up in ancestors for r in up)])
+    levels = {}
+    for r in range(coarsest, int(cells["resolution"].max())):
+        keys = [up.get(r, cell) for up, cell in zip(ancestors, cells["cell"], strict=True)]
+        names, groups = np.unique(keys, return_inverse=True)
+        if len(names) < len(cells):
+            levels[r] = groups.astype(np.int64)
+    return levels
+
+
+def neighbour_edges(cells: pd.DataFrame) -> np.ndarray:
+    """(E, 2) label pairs i < j of the classes whose areas touch, each pair once."""
+    pairs = set()
+    for i, around in zip(cells["label"], cells["neighbours"], strict=True):
+        pairs.update((min(int(i), int(j)), max(int(i), int(j))) for j in around)
+    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+
+
 def cap_per_cell(images: pd.DataFrame, cap: int) -> pd.DataFrame:
     """At most `cap` images per cell, spread over sequences: one image of every sequence
     first, then a second, and so on; the order inside a sequence is a hash of the image id,
