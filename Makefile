@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 demo: install
 	dvc repro
-	dvc metrics show metrics/eval.json
+	$(PY) -m json.tool metrics/eval.json
 
 test: install
 	$(PY) -m pytest

@@ -1,62 +1,185 @@
-"""Scoring a model on the test split, in kilometres, next to a trivial baseline."""
+"""Scoring a model on the test split in kilometres: every inference mode, next to the floor of
+cell classification and two trivial baselines, overall and per city."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from geoloc.data.cache import CachedSplit
-from geoloc.geo import haversine_km
-from geoloc.inference import predict_outputs, predicted_points
-from geoloc.metrics import distance_metrics, topk_accuracy
+from geoloc.errors import GeolocError
+from geoloc.geo import haversine_km, mean_point
+from geoloc.inference import (
+    MODES,
+    available_modes,
+    fit_temperature,
+    log_softmax,
+    mode_points,
+    predict_outputs,
+)
+from geoloc.metrics import (
+    bootstrap_median_ci,
+    calibration_table,
+    distance_metrics,
+    expected_calibration_error,
+    sequence_median_km,
+    topk_accuracy,
+)
+from geoloc.params import EvaluateParams
+
+CONFUSION_CELLS = 10   # the confusion plot shows the test's most frequent cells, the rest as one
 
 
-def evaluate(model, test: CachedSplit, cells: pd.DataFrame, top_k: int,
-             ) -> tuple[dict, pd.DataFrame]:
-    """(metrics for metrics/eval.json, one prediction row per test image in the cache)."""
-    rows = test.rows
+@dataclass
+class Evaluation:
+    metrics: dict               # metrics/eval.json: the headline mode's figures, references
+    modes: dict                 # metrics/eval_modes.json: every mode's figures
+    predictions: pd.DataFrame   # one row per test image, every mode's point and error
+    by_city: pd.DataFrame       # the headline figures per city
+    calibration: pd.DataFrame   # accuracy and error per confidence bin (argmax)
+
+
+def evaluate(model, test: CachedSplit, cells: pd.DataFrame, cfg: EvaluateParams,
+             val: CachedSplit | None = None) -> Evaluation:
+    """Score `model` on `test`; with `cfg.calibrate`, its probabilities are first rescaled
+    by a temperature fitted on `val`."""
+    rows = test.rows.reset_index(drop=True)
+    if len(rows) == 0:
+        raise GeolocError("the test split has no images: nothing to evaluate (see "
+                          "metrics/split.json and split.test_fraction)")
     logits, offsets = predict_outputs(model, test.images, rows["cache_row"])
-    labels = rows["label"].to_numpy()
-    probs = _softmax(logits)
-    lat, lon = predicted_points(logits, offsets, cells)
-    errors = haversine_km(rows["lat"].to_numpy(), rows["lon"].to_numpy(), lat, lon)
+    modes = available_modes(offsets)
+    if cfg.mode not in modes:
+        raise GeolocError(f"evaluate.mode: {cfg.mode!r} is not available for this model; "
+                          f"available: {', '.join(modes)} (all modes: {', '.join(MODES)})")
+    temperature = 1.0
+    if cfg.calibrate and val is not None and len(val.rows):
+        val_logits, _ = predict_outputs(model, val.images, val.rows["cache_row"])
+        temperature = fit_temperature(val_logits, val.rows["label"].to_numpy())
+    log_probs = log_softmax(logits / temperature)
+    guesses = {mode: mode_points(mode, log_probs, offsets, cells, rows, cfg.top_k)
+               for mode in modes}
+    errors = {mode: haversine_km(rows["lat"], rows["lon"], lat, lon)
+              for mode, (_, lat, lon) in guesses.items()}
+    predictions = prediction_table(rows, log_probs, guesses, errors, cfg)
 
+    labels = rows["label"].to_numpy()
+    calibration = calibration_table(predictions["confidence"],
+                                    predictions["pred_label"] == labels,
+                                    errors["argmax"])
+    mode_figures = {mode: figures(errors[mode], guesses[mode][0], rows, cfg.bootstrap_samples)
+                    for mode in modes}
     metrics = {
         "images": len(rows),
+        "sequences": int(rows["sequence_id"].nunique()),
         "accuracy": float(np.mean(logits.argmax(1) == labels)),
-        f"top{top_k}_accuracy": topk_accuracy(logits, labels, top_k),
-        **distance_metrics(errors),
-        "baseline_median_km": float(np.median(_baseline_errors(rows, cells))),
+        f"top{cfg.top_k}_accuracy": topk_accuracy(logits, labels, cfg.top_k),
+        "temperature": temperature,
+        "expected_calibration_error": expected_calibration_error(calibration),
+        **mode_figures[cfg.mode],
+        **reference_medians(rows, cells),
     }
-    predictions = pd.DataFrame({
-        "image_id": rows["image_id"],
-        "sequence_id": rows["sequence_id"],
-        "city": rows["city"],
-        "lat": rows["lat"],
-        "lon": rows["lon"],
-        "label": labels,
-        "pred_label": logits.argmax(1),
-        "pred_lat": lat,
-        "pred_lon": lon,
-        "confidence": probs.max(1),
-        "error_km": errors,
+    by_city = pd.DataFrame([
+        {"city": city, **figures(errors[cfg.mode][group.index], guesses[cfg.mode][0][group.index],
+                                 group, cfg.bootstrap_samples),
+         **reference_medians(group, cells)}
+        for city, group in rows.groupby("city", sort=True)])
+    return Evaluation(metrics, mode_figures, predictions, by_city, calibration)
+
+
+def figures(errors_km: np.ndarray, labels: np.ndarray, rows: pd.DataFrame,
+            bootstrap_samples: int) -> dict:
+    """The distance figures of one set of predictions, with the 95% interval of the median
+    (resampling sequences), the median per sequence and, where every point is a cell's, the
+    share of images put in their true cell."""
+    sequences = rows["sequence_id"].fillna(rows["image_id"]).to_numpy()
+    low, high = bootstrap_median_ci(errors_km, sequences, bootstrap_samples)
+    out = {"images": len(rows), **distance_metrics(errors_km),
+           "median_km_ci_low": low, "median_km_ci_high": high,
+           "sequence_median_km": sequence_median_km(errors_km, sequences)}
+    if (labels >= 0).all():
+        out["accuracy"] = float(np.mean(labels == rows["label"].to_numpy()))
+    return out
+
+
+def reference_medians(rows: pd.DataFrame, cells: pd.DataFrame) -> dict:
+    """Median km of answers that need no model, to read the model's error against:
+    - floor: the true cell's point, what a perfect cell classifier would answer;
+    - baseline: the point of the cell with the most training images, for every photo;
+    - centroid: the mean position of all training images, for every photo."""
+    table = cells.set_index("label").sort_index()
+    lat, lon = rows["lat"].to_numpy(), rows["lon"].to_numpy()
+    true = table.loc[rows["label"]]
+    top = table.loc[table["n_train"].idxmax()]
+    centre = mean_point(table["lat"].to_numpy(), table["lon"].to_numpy(),
+                        table["n_train"].to_numpy())
+    return {
+        "floor_median_km": float(np.median(haversine_km(lat, lon, true["lat"], true["lon"]))),
+        "baseline_median_km": float(np.median(haversine_km(lat, lon, top["lat"], top["lon"]))),
+        "centroid_median_km": float(np.median(haversine_km(lat, lon, *centre))),
+    }
+
+
+def prediction_table(rows: pd.DataFrame, log_probs: np.ndarray, guesses: dict, errors: dict,
+                     cfg: EvaluateParams) -> pd.DataFrame:
+    """One row per test image: the truth, the argmax cell and its probability (`confidence`),
+    the top-k cells and probabilities, each mode's point and error, and the headline mode's
+    again as pred_lat / pred_lon / error_km."""
+    k = min(cfg.top_k, log_probs.shape[1])
+    top = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]
+    probs = np.exp(np.take_along_axis(log_probs, top, axis=1))
+    table = pd.DataFrame({
+        "image_id": rows["image_id"], "sequence_id": rows["sequence_id"],
+        "captured_at": rows["captured_at"], "city": rows["city"],
+        "lat": rows["lat"], "lon": rows["lon"], "label": rows["label"],
+        "pred_label": top[:, 0], "confidence": probs[:, 0],
+        "top_labels": list(top), "top_probabilities": list(probs),
     })
-    return metrics, predictions
+    for mode, (_, lat, lon) in guesses.items():
+        table[f"pred_lat_{mode}"], table[f"pred_lon_{mode}"] = lat, lon
+        table[f"error_km_{mode}"] = errors[mode]
+    _, table["pred_lat"], table["pred_lon"] = guesses[cfg.mode]
+    table["error_km"] = errors[cfg.mode]
+    return table
 
 
-def _baseline_errors(rows: pd.DataFrame, cells: pd.DataFrame) -> np.ndarray:
-    """Errors of always answering the point of the cell with the most training images."""
-    top = cells.loc[cells["n_train"].idxmax()]
-    return haversine_km(rows["lat"].to_numpy(), rows["lon"].to_numpy(), top["lat"], top["lon"])
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
-def error_cdf(errors_km: np.ndarray, points: int = 200) -> pd.DataFrame:
-    """The error CDF sampled at log-spaced distances, for `dvc plots`."""
+def error_cdf(predictions: pd.DataFrame, modes, points: int = 200) -> pd.DataFrame:
+    """Share of test images within each distance (log-spaced km), one column per mode."""
     km = np.geomspace(0.01, 2000, points)
-    share = np.searchsorted(np.sort(errors_km), km, side="right") / len(errors_km)
-    return pd.DataFrame({"km": km, "share_within": share})
+    table = {"km": km}
+    for mode in modes:
+        errors = np.sort(predictions[f"error_km_{mode}"].to_numpy())
+        table[mode] = np.searchsorted(errors, km, side="right") / len(errors)
+    return pd.DataFrame(table)
+
+
+def confusion_table(predictions: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """(actual, predicted) cell names of the test images whose true cell is among the
+    CONFUSION_CELLS most frequent; a prediction outside those is "other"."""
+    names = cells.set_index("label")["cell"]
+    frequent = predictions["label"].value_counts(sort=True).index[:CONFUSION_CELLS]
+    kept = predictions[predictions["label"].isin(frequent)]
+    predicted = kept["pred_label"].where(kept["pred_label"].isin(frequent))
+    return pd.DataFrame({
+        "actual": names.loc[kept["label"]].to_numpy(),
+        "predicted": predicted.map(names).fillna("other").to_numpy(),
+    })
+
+
+def cell_errors(predictions: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Per cell of the class table: its test images and their median headline error (NaN for
+    a cell without test images)."""
+    per_cell = predictions.groupby("label")["error_km"].agg(["size", "median"])
+    table = cells[["label", "cell"]].join(per_cell, on="label")
+    return table.rename(columns={"size": "test_images", "median": "median_km"})
+
+
+def extremes(predictions: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The n best and n worst predictions by headline error, titled, best first."""
+    ranked = predictions.sort_values(["error_km", "image_id"], kind="stable")
+    best = ranked.head(n).assign(title=[f"best {i + 1}" for i in range(min(n, len(ranked)))])
+    worst = ranked.tail(n)[::-1]
+    worst = worst.assign(title=[f"worst {i + 1}" for i in range(len(worst))])
+    return pd.concat([best, worst])

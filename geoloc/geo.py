@@ -80,3 +80,12 @@ def shift_km(lat0, lon0, east_km, north_km) -> tuple[np.ndarray, np.ndarray]:
     lat = lat0 + np.degrees(north_km / EARTH_RADIUS_KM)
     lon = lon0 + np.degrees(east_km / (EARTH_RADIUS_KM * np.cos(np.radians(lat0))))
     return lat, np.mod(lon + 180.0, 360.0) - 180.0
+
+
+def mean_point(lat, lon, weights) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean positions on the sphere: rows of (lat, lon, weights), N x k each, give N
+    points, the normalised weighted sum of the k unit vectors (a chordal mean, which unlike a
+    mean of degrees is right across the antimeridian)."""
+    vectors = (_unit_vectors(lat, lon) * np.asarray(weights, dtype=np.float64)[..., None]).sum(-2)
+    x, y, z = np.moveaxis(vectors, -1, 0)
+    return np.degrees(np.arctan2(z, np.hypot(x, y))), np.degrees(np.arctan2(y, x))

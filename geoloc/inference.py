@@ -1,4 +1,17 @@
-"""From images to logits (and offsets) to points on the map."""
+"""From images to logits (and offsets) to points on the map.
+
+A point comes from the cell probabilities in one of several modes (the evaluate stage reports
+them all; ../shared/reference/geolocation.md says where each comes from):
+- argmax: the most likely cell's point;
+- topk: of the k most likely cells' points, the one with the least expected distance to the
+  others under their renormalised probabilities (a medoid: it stays on a cell's point);
+- topk_mean: the probability-weighted mean of those k points on the sphere;
+- hierarchical: coarse to fine, the likeliest parent at each coarser resolution (the cells'
+  summed probabilities), then the likeliest cell inside it;
+- hybrid: the argmax cell's point moved by the hybrid head's offset for that cell;
+- sequence: every frame of a sequence gets the argmax of the sequence's summed
+  log-probabilities; sequence_online sums only the frames captured up to this one.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from geoloc.geo import haversine_km, shift_km
+from geoloc.data.cells import hierarchy_levels
+from geoloc.errors import GeolocError
+from geoloc.geo import haversine_km, mean_point, shift_km
+
+MODES = ("argmax", "topk", "topk_mean", "hierarchical", "hybrid", "sequence", "sequence_online")
 
 
 @torch.no_grad()
@@ -56,3 +73,124 @@ def errors_km(logits: np.ndarray, offsets: np.ndarray | None, cells: pd.DataFram
               rows: pd.DataFrame) -> np.ndarray:
     lat, lon = predicted_points(logits, offsets, cells)
     return haversine_km(rows["lat"].to_numpy(), rows["lon"].to_numpy(), lat, lon)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T that minimises the negative log-likelihood of softmax(logits / T) on
+    held-out rows (Guo et al. 2017): label smoothing and dropout leave a classifier under-
+    confident, and the modes that weigh several cells need probabilities that mean what they
+    say. A search over log T (the NLL is convex in 1/T), to 0.1 % in T."""
+    labels = np.asarray(labels)
+
+    def nll(log_t: float) -> float:
+        scaled = log_softmax(logits / np.exp(log_t))
+        return -float(scaled[np.arange(len(labels)), labels].mean())
+
+    low, high = np.log(0.05), np.log(20.0)
+    golden = (np.sqrt(5) - 1) / 2
+    while high - low > 1e-3:
+        a, b = high - golden * (high - low), low + golden * (high - low)
+        if nll(a) < nll(b):
+            high = b
+        else:
+            low = a
+    return float(np.exp((low + high) / 2))
+
+
+def available_modes(offsets: np.ndarray | None) -> tuple[str, ...]:
+    """The modes a model's outputs allow: hybrid needs the hybrid head's offsets."""
+    return tuple(m for m in MODES if m != "hybrid" or offsets is not None)
+
+
+def mode_points(mode: str, log_probs: np.ndarray, offsets: np.ndarray | None,
+                cells: pd.DataFrame, rows: pd.DataFrame, top_k: int,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(label, lat, lon) per row of `rows` (in the order of `log_probs`) under `mode`. The
+    label is the cell whose point was chosen, or -1 where the point is no cell's (topk_mean)."""
+    table = cells.set_index("label").sort_index()
+    points = table["lat"].to_numpy(), table["lon"].to_numpy()
+    if mode == "topk_mean":
+        top = _top(log_probs, top_k)
+        weights = _renormalised(log_probs, top)
+        lat, lon = mean_point(points[0][top], points[1][top], weights)
+        return np.full(len(top), -1), lat, lon
+    if mode == "hybrid":
+        if offsets is None:
+            raise GeolocError("evaluate.mode: hybrid needs a model trained with model.hybrid")
+        best = log_probs.argmax(axis=1)
+        east, north = offsets[np.arange(len(best)), best].T
+        return best, *shift_km(points[0][best], points[1][best], east, north)
+    label = _mode_labels(mode, log_probs, points, table, rows, top_k)
+    return label, points[0][label], points[1][label]
+
+
+def _mode_labels(mode: str, log_probs: np.ndarray, points, table: pd.DataFrame,
+                 rows: pd.DataFrame, top_k: int) -> np.ndarray:
+    if mode == "argmax":
+        return log_probs.argmax(axis=1)
+    if mode == "topk":
+        return topk_medoid(log_probs, *points, top_k)
+    if mode == "hierarchical":
+        return hierarchical_labels(log_probs, table.reset_index())
+    if mode in ("sequence", "sequence_online"):
+        return sequence_labels(log_probs, rows, online=mode == "sequence_online")
+    raise GeolocError(f"evaluate.mode: unknown mode {mode!r}; known: {', '.join(MODES)}")
+
+
+def topk_medoid(log_probs: np.ndarray, lat: np.ndarray, lon: np.ndarray, k: int) -> np.ndarray:
+    """The label, among each row's k likeliest, whose point minimises the expected distance to
+    the k points under their renormalised probabilities."""
+    top = _top(log_probs, k)
+    weights = _renormalised(log_probs, top)
+    km = haversine_km(lat[top][:, :, None], lon[top][:, :, None],
+                      lat[top][:, None, :], lon[top][:, None, :])    # N x k x k
+    expected = (km * weights[:, None, :]).sum(axis=2)
+    return top[np.arange(len(top)), expected.argmin(axis=1)]
+
+
+def hierarchical_labels(log_probs: np.ndarray, cells: pd.DataFrame) -> np.ndarray:
+    """From the coarsest resolution down: keep the cells of the parent with the most summed
+    probability among those still kept, then the likeliest cell left."""
+    probs = np.exp(log_probs)
+    kept = np.ones_like(probs, dtype=bool)
+    for _, groups in sorted(hierarchy_levels(cells).items()):
+        mass = np.zeros((len(probs), groups.max() + 1))
+        np.add.at(mass.T, groups, np.where(kept, probs, 0.0).T)
+        kept &= groups[None, :] == mass.argmax(axis=1)[:, None]
+    return np.where(kept, probs, -1.0).argmax(axis=1)
+
+
+def sequence_labels(log_probs: np.ndarray, rows: pd.DataFrame, *, online: bool) -> np.ndarray:
+    """Each frame's label from the summed log-probabilities of its sequence's frames: all of
+    them, or (online) those captured no later than it, as a live client would have them."""
+    # A photo without a sequence (a local folder's) is a sequence of its own.
+    sequence = rows["sequence_id"].fillna(rows["image_id"]).to_numpy()
+    frames = pd.DataFrame({"sequence": sequence,
+                           "time": rows["captured_at"].to_numpy(),
+                           "id": rows["image_id"].to_numpy(),
+                           "row": np.arange(len(rows))})
+    frames = frames.sort_values(["sequence", "time", "id"], kind="stable")
+    order = frames["row"].to_numpy()
+    scores = pd.DataFrame(log_probs[order]).groupby(frames["sequence"].to_numpy(), sort=False)
+    summed = (scores.cumsum() if online else scores.transform("sum")).to_numpy()
+    labels = np.empty(len(rows), dtype=np.int64)
+    labels[order] = summed.argmax(axis=1)
+    return labels
+
+
+def _top(log_probs: np.ndarray, k: int) -> np.ndarray:
+    """N x k labels of each row's k likeliest cells, likeliest first."""
+    k = min(k, log_probs.shape[1])
+    top = np.argpartition(-log_probs, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(log_probs, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
+
+
+def _renormalised(log_probs: np.ndarray, top: np.ndarray) -> np.ndarray:
+    weights = np.exp(np.take_along_axis(log_probs, top, axis=1))
+    return weights / weights.sum(axis=1, keepdims=True)

@@ -1,14 +1,24 @@
-"""Scores in kilometres and in cells."""
+"""Scores in kilometres and in cells (../shared/reference/geolocation.md, "Measures")."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
-WITHIN_KM = (1, 5, 25, 100)
+# Inside one country the useful thresholds are street, neighbourhood, city, region, far.
+WITHIN_KM = (0.5, 1, 5, 25, 100)
+GEOSCORE_KM = 1492.7   # GeoGuessr's scale: 5000 points at 0 km, 1/e of that at this distance
+CALIBRATION_BINS = 10
+
+
+def within_key(km: float) -> str:
+    """`within_0_5km`, `within_1km`, ...: metric names without dots, which DVC would nest."""
+    return f"within_{km:g}km".replace(".", "_")
 
 
 def distance_metrics(errors_km: np.ndarray) -> dict:
-    """Median, mean and 90th percentile error, and the share of images within thresholds."""
+    """Median, mean and 90th percentile error, the share of images within each threshold, and
+    the GeoScore."""
     errors_km = np.asarray(errors_km, dtype=np.float64)
     if errors_km.size == 0:
         raise ValueError("no predictions to score")
@@ -18,7 +28,8 @@ def distance_metrics(errors_km: np.ndarray) -> dict:
         "p90_km": float(np.percentile(errors_km, 90)),
     }
     for km in WITHIN_KM:
-        metrics[f"within_{km}km"] = float(np.mean(errors_km <= km))
+        metrics[within_key(km)] = float(np.mean(errors_km <= km))
+    metrics["geoscore"] = float(np.mean(5000.0 * np.exp(-errors_km / GEOSCORE_KM)))
     return metrics
 
 
@@ -27,3 +38,66 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     k = min(k, logits.shape[1])
     top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
     return float(np.mean((top == np.asarray(labels)[:, None]).any(axis=1)))
+
+
+def sequence_median_km(errors_km: np.ndarray, sequences) -> float:
+    """The median over sequences of each sequence's median error: every drive counts once,
+    however many frames it has."""
+    return float(pd.Series(errors_km).groupby(np.asarray(sequences)).median().median())
+
+
+def bootstrap_median_ci(errors_km: np.ndarray, sequences, samples: int, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float]:
+    """A percentile bootstrap interval for the median error that resamples whole sequences,
+    since the frames of one drive are not independent draws.
+
+    Each resample draws as many sequences as there are, with replacement; an image then
+    weighs as often as its sequence was drawn.
+    """
+    errors_km = np.asarray(errors_km, dtype=np.float64)
+    codes, _ = pd.factorize(np.asarray(sequences))
+    order = np.argsort(errors_km, kind="stable")
+    sorted_errors, sorted_codes = errors_km[order], codes[order]
+    n_groups = codes.max() + 1
+    rng = np.random.default_rng(seed)
+    # Chunks of resamples keep the (chunk x images) weights within ~100 MB at any size.
+    chunk = max(1, 12_000_000 // len(errors_km))
+    medians = []
+    for start in range(0, samples, chunk):
+        draws = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups),
+                                size=min(chunk, samples - start))
+        medians.append(weighted_medians(sorted_errors, draws[:, sorted_codes]))
+    low, high = np.percentile(np.concatenate(medians), [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def weighted_medians(sorted_values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per row of integer `weights` (R x N), the median of `sorted_values` (ascending) repeated
+    that many times: the mean of the lower and upper middle, as np.median does."""
+    cumulative = np.cumsum(weights, axis=1)
+    half = cumulative[:, -1:] / 2
+    lower = (cumulative < half).sum(axis=1)
+    upper = (cumulative <= half).sum(axis=1)
+    return (sorted_values[lower] + sorted_values[upper]) / 2
+
+
+def calibration_table(confidence: np.ndarray, correct: np.ndarray,
+                      errors_km: np.ndarray) -> pd.DataFrame:
+    """Test images binned by the model's confidence (equal-width bins over 0..1): per bin the
+    mean confidence, the accuracy and the median error. Empty bins are left out."""
+    bins = np.minimum((np.asarray(confidence) * CALIBRATION_BINS).astype(int),
+                      CALIBRATION_BINS - 1)
+    frame = pd.DataFrame({"bin": bins, "confidence": confidence, "correct": correct,
+                          "error_km": errors_km})
+    table = frame.groupby("bin").agg(images=("correct", "size"),
+                                     confidence=("confidence", "mean"),
+                                     accuracy=("correct", "mean"),
+                                     median_km=("error_km", "median")).reset_index()
+    table["bin_low"] = table["bin"] / CALIBRATION_BINS
+    return table[["bin_low", "images", "confidence", "accuracy", "median_km"]]
+
+
+def expected_calibration_error(table: pd.DataFrame) -> float:
+    """The images-weighted mean gap between confidence and accuracy over the bins."""
+    weights = table["images"] / table["images"].sum()
+    return float((weights * (table["confidence"] - table["accuracy"]).abs()).sum())

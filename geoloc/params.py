@@ -186,7 +186,10 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
+    mode: str = knob()                  # checked against geoloc.inference.MODES by evaluate
     top_k: int = knob(min=1, max=100)
+    bootstrap_samples: int = knob(min=100, max=100_000)
+    calibrate: bool = knob()
 
 
 @dataclass(frozen=True)

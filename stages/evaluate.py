@@ -1,4 +1,4 @@
-"""evaluate: score the trained model on the test split in kilometres."""
+"""evaluate: score the trained model on the test split in kilometres, in every inference mode."""
 
 import argparse
 import logging
@@ -7,8 +7,9 @@ from pathlib import Path
 from geoloc.checkpoint import check_cells, load_checkpoint
 from geoloc.data.cache import load_cache
 from geoloc.data.splits import load_cells, load_split
-from geoloc.evaluate import error_cdf, evaluate
-from geoloc.io import atomic_path, write_json, write_parquet
+from geoloc.eval_plots import write_plots
+from geoloc.evaluate import evaluate
+from geoloc.io import write_json, write_parquet
 from geoloc.params import load_params
 from geoloc.stage import run_stage
 
@@ -21,24 +22,35 @@ def main() -> None:
     parser.add_argument("--splits", default="data/splits")
     parser.add_argument("--cache", default="data/cache")
     parser.add_argument("--metrics", default="metrics/eval.json")
+    parser.add_argument("--modes", default="metrics/eval_modes.json",
+                        help="the figures of every inference mode")
     parser.add_argument("--predictions", default="data/eval/predictions.parquet")
     parser.add_argument("--plots", default="plots/eval")
     args = parser.parse_args()
 
     params = load_params()
-    model, cells, checkpoint = load_checkpoint(args.model)
-    check_cells(cells, load_cells(args.splits), args.model)
-    test = load_cache(args.cache, "test", checkpoint["model"]["image_size"],
-                      load_split(args.splits, "test"))
-    metrics, predictions = evaluate(model, test, cells, params.evaluate.top_k)
+    model, model_cells, checkpoint = load_checkpoint(args.model)
+    # The split's table, once it is known to be the model's: it has the parents too.
+    cells = load_cells(args.splits)
+    check_cells(model_cells, cells, args.model)
+    size = checkpoint["model"]["image_size"]
+    test = load_cache(args.cache, "test", size, load_split(args.splits, "test"))
+    val = load_cache(args.cache, "val", size, load_split(args.splits, "val"))
+    result = evaluate(model, test, cells, params.evaluate, val)
 
-    write_json(metrics, args.metrics)
-    write_parquet(predictions, args.predictions)
-    with atomic_path(Path(args.plots) / "error_cdf.csv") as tmp:
-        error_cdf(predictions["error_km"].to_numpy()).to_csv(tmp, index=False, float_format="%.6g")
-    log.info("test: median %.2f km, p90 %.2f km, accuracy %.3f (baseline median %.1f km)",
-             metrics["median_km"], metrics["p90_km"], metrics["accuracy"],
-             metrics["baseline_median_km"])
+    write_json(result.metrics, args.metrics)
+    write_json(result.modes, args.modes)
+    write_parquet(result.predictions, args.predictions)
+    write_plots(result, test, cells, Path(args.plots))
+    metrics = result.metrics
+    log.info("test (%s, temperature %.2f): median %.2f km [%.2f, %.2f], p90 %.1f km, accuracy "
+             "%.3f; floor %.2f km, baseline %.1f km", params.evaluate.mode,
+             metrics["temperature"], metrics["median_km"],
+             metrics["median_km_ci_low"], metrics["median_km_ci_high"], metrics["p90_km"],
+             metrics["accuracy"], metrics["floor_median_km"], metrics["baseline_median_km"])
+    for mode, figures in result.modes.items():
+        log.info("  %-16s median %.3f km, p90 %.1f km", mode, figures["median_km"],
+                 figures["p90_km"])
 
 
 if __name__ == "__main__":

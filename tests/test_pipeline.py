@@ -74,10 +74,23 @@ def repo(tmp_path_factory) -> Path:
 
 def test_repro_writes_every_metric(repo):
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
-    for key in ("accuracy", "top5_accuracy", "median_km", "mean_km", "p90_km",
-                "baseline_median_km"):
+    for key in ("accuracy", "top5_accuracy", "median_km", "mean_km", "p90_km", "within_0_5km",
+                "within_1km", "within_5km", "within_25km", "within_100km", "geoscore",
+                "floor_median_km", "baseline_median_km", "centroid_median_km",
+                "median_km_ci_low", "median_km_ci_high", "expected_calibration_error"):
         assert math.isfinite(evaluation[key]), key
     assert evaluation["median_km"] <= evaluation["p90_km"]
+    modes = json.loads((repo / "metrics/eval_modes.json").read_text())
+    assert set(modes) == {"argmax", "topk", "topk_mean", "hierarchical", "sequence",
+                          "sequence_online"}
+    assert modes["argmax"]["median_km"] == evaluation["median_km"]
+    cities = pd.read_csv(repo / "plots/eval/cities.csv")
+    assert cities["images"].sum() == evaluation["images"]
+    predictions = pd.read_parquet(repo / "data/eval/predictions.parquet")
+    assert len(predictions) == evaluation["images"]
+    for plot in ("error_map", "predictions"):
+        with Image.open(repo / f"plots/eval/{plot}.png") as image:
+            assert image.format == "PNG", plot
     data = json.loads((repo / "metrics/data.json").read_text())
     fetched = sum(len(pd.read_parquet(repo / f"data/raw/{b}/manifest.parquet"))
                   for b in TINY["batches"])
@@ -142,6 +155,38 @@ def test_changed_param_reruns_only_what_depends_on_it(repo):
     assert ran == {"train", "evaluate", "export"}
     diff = run(["dvc", "params", "diff"], repo).stdout
     assert "train.epochs" in diff
+
+
+def test_metrics_and_plots_diff_show_every_mode_and_plot(repo):
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "three epochs"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["mode"] = "sequence"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = run(["dvc", "repro"], repo)
+    assert "Running stage 'evaluate'" in result.stdout
+    assert "Running stage 'train'" not in result.stdout
+
+    diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo).stdout)
+    modes = diff["metrics/eval_modes.json"]
+    for mode in ("argmax", "topk", "topk_mean", "hierarchical", "sequence", "sequence_online"):
+        for key in ("median_km", "p90_km", "median_km_ci_low", "sequence_median_km"):
+            assert f"{mode}.{key}" in modes, (mode, key)
+    headline = diff["metrics/eval.json"]
+    assert headline["median_km"]["new"] == pytest.approx(modes["sequence.median_km"]["new"])
+    assert headline["median_km"]["old"] == pytest.approx(modes["argmax.median_km"]["old"])
+    assert "floor_median_km" in headline and "temperature" in headline
+
+    plots = json.loads(run(["dvc", "plots", "diff", "HEAD", "--json"], repo).stdout)["data"]
+    for title in ("error CDF", "calibration", "median error against confidence", "confusion",
+                  "median error per city"):
+        (name,) = [name for name in plots if name.startswith(title)]
+        (plot,) = plots[name]
+        assert set(plot["revisions"]) == {"HEAD", "workspace"}, name
+    (cdf,) = [p for name, p in plots.items() if name.startswith("error CDF")]
+    assert cdf[0]["content"]["encoding"]["x"]["scale"] == {"type": "log"}
+    for image in ("plots/eval/error_map.png", "plots/eval/predictions.png"):
+        assert {rev for p in plots[image] for rev in p["revisions"]} == {"HEAD", "workspace"}
 
 
 def test_bad_params_stop_the_stage_with_one_message(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import h3
 import numpy as np
 import pandas as pd
-from matplotlib import colors, patheffects, ticker
+from matplotlib import colormaps, colors, patheffects, ticker
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
@@ -30,6 +30,7 @@ NEIGHBOUR = "#dcdcdc"
 FRANCE_FILL = "#f7f5ef"
 FRANCE_EDGE = "#333333"
 CELL_CMAP = "viridis"
+NO_DATA = "#bdbdbd"  # a cell with no value to colour it by
 DPI = 110
 ZERO_FLOOR_KM = 0.001  # a test image at its train twin's exact spot is drawn at 1 m
 
@@ -42,7 +43,23 @@ def coverage_map(cells: pd.DataFrame, cities: pd.DataFrame, path: Path | str) ->
 
 def coverage_figure(cells: pd.DataFrame, cities: pd.DataFrame) -> tuple[Figure, Axes]:
     """The coverage map and its axes, whose `transData` maps (lon, lat) to pixels once drawn."""
-    fig = _figure(9, 9)
+    counts = cells["n_images"].to_numpy(dtype=float)
+    norm = _count_norm(counts)
+    if isinstance(norm, colors.LogNorm):
+        cells = cells.assign(n_images=np.maximum(counts, 1.0))  # log colours cannot show 0
+    fig, ax = cell_figure(cells, "n_images", norm, "images per cell")
+    ax.set_title(f"Coverage: {int(counts.sum())} images in {len(cells)} cells")
+    _label_cities(fig, ax, cities)  # last: it measures the finished layout
+    return fig, ax
+
+
+def cell_figure(cells: pd.DataFrame, column: str, norm: colors.Normalize,
+                label: str) -> tuple[Figure, Axes]:
+    """France with each cell (columns `cell`, `column`) filled by its value; NaN values in grey.
+
+    The colour bar is labelled `label`; the title is the caller's.
+    """
+    fig = new_figure(9, 9)
     ax = fig.add_subplot()
     ax.set_facecolor(SEA)
 
@@ -50,29 +67,24 @@ def coverage_figure(cells: pd.DataFrame, cities: pd.DataFrame) -> tuple[Figure, 
     cells = cells.assign(res=[h3.get_resolution(c) for c in cells["cell"]])
     cells = cells.sort_values(["res", "cell"], kind="stable")
     hexagons = [[(lon, lat) for lat, lon in h3.cell_to_boundary(c)] for c in cells["cell"]]
-    counts = cells["n_images"].to_numpy(dtype=float)
 
     _draw_base_map(ax)
-    norm = _count_norm(counts)
-    log = isinstance(norm, colors.LogNorm)
-    values = np.maximum(counts, 1.0) if log else counts  # log colours cannot show an empty cell
-    patches = PolyCollection(hexagons, array=values, cmap=CELL_CMAP, norm=norm,
-                             edgecolors="#ffffff80", linewidths=0.3, zorder=3)
+    cmap = colormaps[CELL_CMAP].with_extremes(bad=NO_DATA)
+    patches = PolyCollection(hexagons, array=cells[column].to_numpy(dtype=float), cmap=cmap,
+                             norm=norm, edgecolors="#ffffff80", linewidths=0.3, zorder=3)
     ax.add_collection(patches)
-    _draw_france_outline(ax)
+    draw_france_outline(ax)
     bar = fig.colorbar(patches, ax=ax, shrink=0.6, pad=0.02)
-    bar.set_label("images per cell")
-    if log:
-        # Ticks at 1, 2, 5, 10, ... in plain numbers: readable counts, not powers of ten.
+    bar.set_label(label)
+    if isinstance(norm, colors.LogNorm):
+        # Ticks at 1, 2, 5, 10, ... in plain numbers: readable values, not powers of ten.
         bar.ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         bar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
-    ax.set_title(f"Coverage: {int(counts.sum())} images in {len(cells)} cells")
     ax.set_xlabel("longitude (°)")
     ax.set_ylabel("latitude (°)")
-    _set_view(ax, hexagons)
-    _label_cities(fig, ax, cities)  # last: it measures the finished layout
+    set_view(ax, hexagons)
     return fig, ax
 
 
@@ -80,7 +92,7 @@ def cell_histogram(counts, path: Path | str, min_images: int | None = None,
                    max_images: int | None = None) -> None:
     """How many cells hold how many images, with the index's min/max limits when given."""
     counts = np.asarray(counts, dtype=float)
-    fig = _figure(7, 4.5)
+    fig = new_figure(7, 4.5)
     ax = fig.add_subplot()
     if counts.size and counts.max() - counts.min() <= 60:
         # Few distinct counts: one bar per integer, centred on it.
@@ -103,7 +115,7 @@ def cell_histogram(counts, path: Path | str, min_images: int | None = None,
 
 def distance_distribution(distances: dict[str, np.ndarray], path: Path | str) -> None:
     """Per split protocol, the empirical CDF of each test image's distance to the train set."""
-    fig = _figure(7, 4.5)
+    fig = new_figure(7, 4.5)
     ax = fig.add_subplot()
     for i, name in enumerate(sorted(distances)):
         km = np.asarray(distances[name], dtype=float)
@@ -136,8 +148,9 @@ def save_png(fig: Figure, path: Path | str) -> None:
         fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
 
 
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    """An Agg-backed figure of `width` x `height` inches; `layout=None` to place axes by hand."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -163,11 +176,12 @@ def _draw_base_map(ax: Axes) -> None:
                                      zorder=2))
 
 
-def _draw_france_outline(ax: Axes) -> None:
+def draw_france_outline(ax: Axes, colour: str = FRANCE_EDGE, linewidth: float = 0.8) -> None:
+    """France's coast and borders, unfilled, at zorder 4."""
     # Drawn over the cells so the coast and borders stay visible through them.
     france, _ = _base_map()
-    ax.add_collection(PolyCollection(france, facecolors="none", edgecolors=FRANCE_EDGE,
-                                     linewidths=0.8, zorder=4))
+    ax.add_collection(PolyCollection(france, facecolors="none", edgecolors=colour,
+                                     linewidths=linewidth, zorder=4))
 
 
 def _count_norm(counts: np.ndarray) -> colors.Normalize:
@@ -182,7 +196,7 @@ def _count_norm(counts: np.ndarray) -> colors.Normalize:
     return colors.Normalize(counts.min(), high)
 
 
-def _set_view(ax: Axes, hexagons: list) -> None:
+def set_view(ax: Axes, hexagons: list) -> None:
     """France's frame grown to every cell; a 1/cos(latitude) aspect so shapes are not squashed."""
     lon_min, lon_max, lat_min, lat_max = FRANCE_VIEW
     if hexagons:

@@ -1,0 +1,224 @@
+"""Inference modes, the distance figures and the evaluation of a model on a tiny test split.
+The evaluate stage runs end to end (with `dvc plots`) in test_pipeline.py."""
+
+from dataclasses import replace
+
+import h3
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tiny_params
+
+from geoloc import geo, inference, metrics
+from geoloc.data.cache import CachedSplit
+from geoloc.errors import GeolocError
+from geoloc.evaluate import confusion_table, evaluate, extremes
+from geoloc.models import build_model
+
+PARAMS = tiny_params()
+PARIS, NEAR_PARIS, MARSEILLE = (48.85, 2.35), (48.94, 2.35), (43.30, 5.37)
+
+
+def cell_table(points, cells=None, parents=None) -> pd.DataFrame:
+    n = len(points)
+    cells = cells or [h3.latlng_to_cell(lat, lon, 5) for lat, lon in points]
+    return pd.DataFrame({
+        "label": range(n), "cell": cells, "resolution": [h3.get_resolution(c) for c in cells],
+        "lat": [p[0] for p in points], "lon": [p[1] for p in points],
+        "parents": parents or [[] for _ in range(n)], "neighbours": [[] for _ in range(n)],
+        "n_train": [10 * (i + 1) for i in range(n)]})
+
+
+def logs(*rows) -> np.ndarray:
+    return np.log(np.array(rows, dtype=np.float64))
+
+
+def test_topk_picks_the_point_nearest_the_probability_mass():
+    cells = cell_table([PARIS, NEAR_PARIS, MARSEILLE])
+    log_probs = logs([0.3, 0.3, 0.4])   # Marseille is likeliest, but Paris holds 0.6
+    rows = pd.DataFrame(index=range(1))
+    label, lat, _ = inference.mode_points("topk", log_probs, None, cells, rows, top_k=3)
+    assert label.tolist() == [0] and lat[0] == PARIS[0]
+    assert inference.mode_points("argmax", log_probs, None, cells, rows, 3)[0].tolist() == [2]
+    # With k = 1 only the argmax is a candidate.
+    assert inference.mode_points("topk", log_probs, None, cells, rows, top_k=1)[0].tolist() == [2]
+
+
+def test_topk_mean_is_the_weighted_mean_on_the_sphere():
+    cells = cell_table([(0.0, 179.0), (0.0, -179.0), MARSEILLE])
+    label, lat, lon = inference.mode_points("topk_mean", logs([0.5, 0.5, 1e-9]), None, cells,
+                                            pd.DataFrame(index=range(1)), top_k=2)
+    # Across the antimeridian: a mean of degrees would land at longitude 0.
+    assert label.tolist() == [-1]
+    assert lat[0] == pytest.approx(0.0, abs=1e-9) and abs(lon[0]) == pytest.approx(180.0)
+
+
+def test_hierarchical_follows_the_likeliest_parent_down():
+    paris_r4 = h3.latlng_to_cell(*PARIS, 4)
+    two = [c for c in h3.cell_to_children(paris_r4, 5)][:2]
+    marseille = h3.latlng_to_cell(*MARSEILLE, 5)
+    points = [h3.cell_to_latlng(c) for c in (*two, marseille)]
+    cells = cell_table(points, cells=[*two, marseille],
+                       parents=[[paris_r4], [paris_r4], [h3.cell_to_parent(marseille, 4)]])
+    log_probs = logs([0.3, 0.25, 0.45], [0.1, 0.1, 0.8])
+    rows = pd.DataFrame(index=range(2))
+    label, _, _ = inference.mode_points("hierarchical", log_probs, None, cells, rows, 5)
+    assert label.tolist() == [0, 2]   # Paris's parent holds 0.55 against 0.45
+
+
+def test_sequence_modes_sum_the_frames_log_probabilities():
+    cells = cell_table([PARIS, NEAR_PARIS, MARSEILLE])
+    # Sequence s: frames t=2 and t=3 vote for cell 1, t=1 weakly for cell 0; frame order
+    # in the table is shuffled. Sequence u (one frame) keeps its own argmax.
+    rows = pd.DataFrame({"sequence_id": ["s", "u", "s", "s"], "captured_at": [3, 1, 1, 2],
+                         "image_id": ["a", "b", "c", "d"]})
+    log_probs = logs([0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.5, 0.4, 0.1], [0.3, 0.6, 0.1])
+    full, _, _ = inference.mode_points("sequence", log_probs, None, cells, rows, 5)
+    online, _, _ = inference.mode_points("sequence_online", log_probs, None, cells, rows, 5)
+    assert full.tolist() == [1, 2, 1, 1]
+    # Online, the first frame (c, t=1) has only itself; by t=2 cell 1 leads.
+    assert online.tolist() == [1, 2, 0, 1]
+
+
+def test_unknown_and_unavailable_modes_are_named():
+    cells = cell_table([PARIS, MARSEILLE])
+    rows = pd.DataFrame(index=range(1))
+    with pytest.raises(GeolocError, match="unknown mode 'vote'; known: argmax, topk"):
+        inference.mode_points("vote", logs([0.5, 0.5]), None, cells, rows, 5)
+    with pytest.raises(GeolocError, match="hybrid needs a model trained with model.hybrid"):
+        inference.mode_points("hybrid", logs([0.5, 0.5]), None, cells, rows, 5)
+
+
+def test_hybrid_mode_moves_the_argmax_point_by_its_offset():
+    cells = cell_table([PARIS, MARSEILLE])
+    offsets = np.zeros((1, 2, 2))
+    offsets[0, 1] = [3.0, 4.0]   # 5 km from Marseille's point
+    label, lat, lon = inference.mode_points("hybrid", logs([0.2, 0.8]), offsets, cells,
+                                            pd.DataFrame(index=range(1)), 5)
+    assert label.tolist() == [1]
+    assert geo.haversine_km(*MARSEILLE, lat[0], lon[0]) == pytest.approx(5.0, rel=1e-3)
+
+
+def test_distance_metrics_name_every_threshold_and_score_geoguessr_points():
+    figures = metrics.distance_metrics(np.array([0.0, 0.4, 1492.7]))
+    assert figures["within_0_5km"] == pytest.approx(2 / 3)
+    assert figures["within_1km"] == pytest.approx(2 / 3) and figures["within_100km"] < 1
+    assert figures["geoscore"] == pytest.approx(
+        (5000 + 5000 * np.exp(-0.4 / 1492.7) + 5000 / np.e) / 3)
+
+
+def test_weighted_median_is_the_median_of_the_repeated_values():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n = int(rng.integers(1, 9))
+        values = np.sort(rng.random(n))
+        weights = rng.integers(0, 4, (1, n))
+        if weights.sum() == 0:
+            continue
+        assert metrics.weighted_medians(values, weights)[0] == pytest.approx(
+            np.median(np.repeat(values, weights[0])))
+
+
+def test_bootstrap_resamples_sequences_not_frames():
+    # 20 drives of 10 frames; a drive's frames share one error: 20, not 200, independent draws.
+    rng = np.random.default_rng(1)
+    errors = np.repeat(rng.lognormal(0, 1, 20), 10)
+    drives = np.repeat(np.arange(20), 10)
+    low, high = metrics.bootstrap_median_ci(errors, drives, samples=2000)
+    frame_low, frame_high = metrics.bootstrap_median_ci(errors, np.arange(200), samples=2000)
+    assert low <= np.median(errors) <= high
+    assert high - low > 2 * (frame_high - frame_low)
+    assert (low, high) == metrics.bootstrap_median_ci(errors, drives, samples=2000)
+
+
+def test_calibration_error_is_small_when_confidence_matches_accuracy():
+    rng = np.random.default_rng(2)
+    confidence = rng.uniform(0.05, 1.0, 20_000)
+    calibrated = rng.random(20_000) < confidence
+    table = metrics.calibration_table(confidence, calibrated, np.ones(20_000))
+    assert metrics.expected_calibration_error(table) < 0.02
+    assert table["images"].sum() == 20_000 and len(table) == metrics.CALIBRATION_BINS
+    overconfident = rng.random(20_000) < confidence / 2
+    table = metrics.calibration_table(confidence, overconfident, np.ones(20_000))
+    assert metrics.expected_calibration_error(table) > 0.2
+
+
+def test_reference_answers_and_modes_of_a_model_on_a_test_split():
+    cells = cell_table([PARIS, NEAR_PARIS, MARSEILLE])
+    test = split(cells, n=30)
+    model = build_model(replace(PARAMS.model, width=4), len(cells)).eval()
+    cfg = replace(PARAMS.evaluate, mode="sequence", top_k=2, bootstrap_samples=200,
+                  calibrate=True)
+    result = evaluate(model, test, cells, cfg, val=split(cells, n=12))
+    figures = result.metrics
+    assert figures["temperature"] != 1.0
+    uncalibrated = evaluate(model, test, cells, replace(cfg, calibrate=False))
+    assert uncalibrated.metrics["temperature"] == 1.0
+    assert uncalibrated.modes["argmax"] == result.modes["argmax"]
+    assert set(result.modes) == {"argmax", "topk", "topk_mean", "hierarchical",
+                                     "sequence", "sequence_online"}
+    assert figures["median_km"] == result.modes["sequence"]["median_km"]
+    assert figures["median_km_ci_low"] <= figures["median_km"] <= figures["median_km_ci_high"]
+    # Each photo is 1.1 km north of its cell's point: that is the floor.
+    assert figures["floor_median_km"] == pytest.approx(1.11, abs=0.01)
+    # Marseille has the most training images: the baseline answers it for all.
+    marseille_km = geo.haversine_km(test.rows["lat"], test.rows["lon"], *MARSEILLE)
+    assert figures["baseline_median_km"] == pytest.approx(np.median(marseille_km))
+    predictions = result.predictions
+    assert len(predictions) == 30 and predictions["image_id"].is_unique
+    assert (predictions["error_km"] == predictions["error_km_sequence"]).all()
+    assert predictions["top_labels"].map(len).eq(2).all()
+    assert np.allclose(predictions["confidence"],
+                       predictions["top_probabilities"].map(lambda p: p[0]))
+    assert set(result.by_city["city"]) == {"A", "B"}
+    assert result.by_city["images"].sum() == 30
+
+
+def test_an_empty_test_split_and_an_unavailable_mode_are_clear_errors():
+    cells = cell_table([PARIS, MARSEILLE])
+    model = build_model(replace(PARAMS.model, width=4), len(cells)).eval()
+    empty = split(cells, n=0)
+    with pytest.raises(GeolocError, match="the test split has no images"):
+        evaluate(model, empty, cells, PARAMS.evaluate)
+    with pytest.raises(GeolocError, match="'hybrid' is not available for this model"):
+        evaluate(model, split(cells, n=4), cells, replace(PARAMS.evaluate, mode="hybrid"))
+
+
+def test_confusion_keeps_the_most_frequent_cells_and_pools_the_rest(monkeypatch):
+    monkeypatch.setattr("geoloc.evaluate.CONFUSION_CELLS", 2)
+    cells = cell_table([PARIS, NEAR_PARIS, MARSEILLE])
+    predictions = pd.DataFrame({"label": [0, 0, 0, 1, 1, 2], "pred_label": [0, 1, 2, 1, 0, 0]})
+    table = confusion_table(predictions, cells)
+    names = cells["cell"]
+    assert table.to_dict("list") == {
+        "actual": [names[0]] * 3 + [names[1]] * 2,
+        "predicted": [names[0], names[1], "other", names[1], names[0]]}
+
+
+def test_extremes_title_the_best_and_the_worst():
+    predictions = pd.DataFrame({"image_id": list("abcde"), "error_km": [5.0, 1.0, 3.0, 9.0, 2.0]})
+    table = extremes(predictions, 2)
+    assert table["image_id"].tolist() == ["b", "e", "d", "a"]
+    assert table["title"].tolist() == ["best 1", "best 2", "worst 1", "worst 2"]
+
+
+def split(cells: pd.DataFrame, n: int) -> CachedSplit:
+    """n photos, 1.11 km north of their cell's points, in sequences of 3, cities A and B."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % len(cells)
+    rows = pd.DataFrame({
+        "image_id": [f"i{i:03d}" for i in range(n)],
+        "sequence_id": [f"s{i // 3}" for i in range(n)],
+        "captured_at": np.arange(n), "city": np.where(np.arange(n) % 2 == 0, "A", "B"),
+        "label": labels, "lat": cells["lat"].to_numpy()[labels] + 0.01,
+        "lon": cells["lon"].to_numpy()[labels], "cache_row": np.arange(n)})
+    return CachedSplit(rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8), rows)
+
+
+def test_temperature_scaling_recovers_the_temperature_that_drew_the_labels():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 3, (20_000, 8))
+    for true_t in (0.5, 2.0):
+        probs = np.exp(inference.log_softmax(logits / true_t))
+        labels = (probs.cumsum(axis=1) < rng.random((len(probs), 1))).sum(axis=1)
+        assert inference.fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
