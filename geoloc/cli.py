@@ -4,6 +4,7 @@ JPEGs that the resize cache has made redundant."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from geoloc.errors import GeolocError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
                          help="exported snapshot folder (default: models/export)")
     predict.add_argument("--top-k", type=int, default=5)
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.add_argument("--sequence", action="store_true",
+                         help="the photos are frames of one drive: one combined prediction")
     purge = commands.add_parser(
         "purge", help="free the disk taken by raw JPEGs of batches already in the resize cache",
         description="Lists (dry run, the default) or deletes the raw JPEGs of batches whose "
@@ -46,23 +50,51 @@ def _predict(args) -> int:
     if args.top_k < 1:
         raise GeolocError("--top-k must be at least 1")
     predictor = Predictor(args.model)
-    failed = 0
+    paths = _image_paths(args.paths)
     if not args.json:
-        print(f"{'path':40} {'lat':>9} {'lon':>9} {'cell':16} {'confidence':>10}")
-    for path in _image_paths(args.paths):
+        print(f"{'path':40} {'lat':>9} {'lon':>9} {'cell':16} {'confidence':>10}  top-k")
+    if args.sequence:
+        return _predict_sequence(predictor, paths, args)
+    failed = 0
+    for path in paths:
         try:
             with Image.open(path) as image:
                 (prediction,) = predictor.predict([image], args.top_k)
-        except (UnidentifiedImageError, OSError) as exc:
+        except UNREADABLE as exc:
             print(f"geoloc: cannot read {path}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        if args.json:
-            print(json.dumps({"path": str(path), **prediction.__dict__}))
-        else:
-            print(f"{str(path):40} {prediction.lat:9.5f} {prediction.lon:9.5f} "
-                  f"{prediction.cell:16} {prediction.confidence:10.3f}")
+        _print_prediction(str(path), prediction, args.json)
     return 1 if failed else 0
+
+
+def _predict_sequence(predictor, paths: list[Path], args) -> int:
+    """One prediction from every readable photo; the unreadable ones are named and skipped."""
+    readable = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()  # decodes it all: a truncated file fails here, not midway
+            readable.append(path)
+        except UNREADABLE as exc:
+            print(f"geoloc: cannot read {path}: {exc}", file=sys.stderr)
+    if not readable:
+        raise GeolocError("--sequence: none of the photos could be read")
+    # Open together so the predictor decodes each at its input size (JPEG draft mode).
+    with contextlib.ExitStack() as stack:
+        images = [stack.enter_context(Image.open(path)) for path in readable]
+        prediction = predictor.predict_sequence(images, args.top_k)
+    _print_prediction(f"sequence of {len(readable)} photos", prediction, args.json)
+    return 1 if len(readable) < len(paths) else 0
+
+
+def _print_prediction(name: str, prediction, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"path": name, **prediction.__dict__}))
+        return
+    top = " ".join(f"{t['cell']}:{t['probability']:.2f}" for t in prediction.top)
+    print(f"{name:40} {prediction.lat:9.5f} {prediction.lon:9.5f} {prediction.cell:16} "
+          f"{prediction.confidence:10.3f}  {top}")
 
 
 def _purge(args) -> int:

@@ -1,10 +1,12 @@
-"""Export a trained model to TorchScript and ONNX, and check both against eager PyTorch."""
+"""Export a trained model to TorchScript and ONNX, check both against eager PyTorch, and time
+all three on this machine's CPU."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -20,11 +22,16 @@ from geoloc.predictor import CELLS_NAME, MODEL_NAME, SPEC_NAME
 log = logging.getLogger(__name__)
 
 TORCHSCRIPT_NAME = "model.ts"
+LATENCY_BATCHES = (1, 32)
+LATENCY_SECONDS = 1.0   # per runtime and batch size, after a warm-up
 
 
 def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
-                 check_images: np.ndarray, out_dir: Path, opset: int) -> dict:
-    """Write model.ts, model.onnx and cells.json into out_dir; return sizes and parity."""
+                 check_images: np.ndarray, out_dir: Path, opset: int,
+                 temperature: float = 1.0) -> dict:
+    """Write model.ts, model.onnx, cells.json and model.json (the preprocessing spec) into
+    out_dir; return sizes and parity. `temperature` (fitted by the evaluate stage) is what the
+    predictor divides the logits by before the softmax."""
     model.eval()
     example = torch.from_numpy(np.array(check_images[:2]))
     with torch.no_grad(), _torchscript_deprecation_quiet():
@@ -38,8 +45,12 @@ def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
     _strip_stack_traces(out_dir / MODEL_NAME)
     write_cells(cells, out_dir / CELLS_NAME)
     spec = {"image_size": image_size, "num_classes": len(cells), "opset": opset,
-            "input": "images: uint8, N x size x size x 3, RGB (resize shorter side, centre crop)",
-            "output": "logits: float32, N x num_classes (cells.json gives each label's point)"}
+            "temperature": temperature,
+            "input": "images: uint8, N x size x size x 3, RGB",
+            "preprocess": "EXIF orientation applied, shorter side resized to image_size "
+                          "(bicubic), centre crop; the model normalises its input itself",
+            "output": "logits: float32, N x num_classes (cells.json gives each label's point); "
+                      "probabilities = softmax(logits / temperature)"}
     (out_dir / SPEC_NAME).write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
 
     eager = predict_logits(model, check_images)
@@ -55,6 +66,38 @@ def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
         figures[f"{name}_max_abs_diff"] = float(np.abs(logits - eager).max())
         figures[f"{name}_top1_agreement"] = float(np.mean(logits.argmax(1) == eager.argmax(1)))
     return figures
+
+
+def latency_figures(model: torch.nn.Module, out_dir: Path, images: np.ndarray) -> dict:
+    """Median CPU milliseconds per image of eager PyTorch, TorchScript and ONNX Runtime at each
+    of LATENCY_BATCHES (timings: they go to metrics, never into the snapshot)."""
+    with _torchscript_deprecation_quiet():
+        scripted = torch.jit.load(str(out_dir / TORCHSCRIPT_NAME))
+    session = ort.InferenceSession(str(out_dir / MODEL_NAME), providers=["CPUExecutionProvider"])
+    runtimes = {
+        "eager": lambda batch: model(torch.from_numpy(batch)),
+        "torchscript": lambda batch: scripted(torch.from_numpy(batch)),
+        "onnx": lambda batch: session.run(["logits"], {"images": batch}),
+    }
+    figures = {}
+    for name, run in runtimes.items():
+        for size in LATENCY_BATCHES:
+            batch = np.ascontiguousarray(np.resize(images, (size, *images.shape[1:])))
+            with torch.no_grad():
+                figures[f"latency_ms_{name}_batch{size}"] = _median_ms(run, batch) / size
+    return figures
+
+
+def _median_ms(run, batch: np.ndarray) -> float:
+    for _ in range(3):
+        run(batch)
+    times = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < LATENCY_SECONDS or len(times) < 5:
+        tick = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - tick)
+    return 1000 * float(np.median(times))
 
 
 def _strip_stack_traces(path: Path) -> None:

@@ -40,11 +40,22 @@ class Predictor:
                                             providers=["CPUExecutionProvider"])
 
     def predict(self, images: list[Image.Image], top_k: int = 5) -> list[Prediction]:
+        """One prediction per photo."""
+        return [self._prediction(np.exp(row), top_k) for row in self.log_probs(images)]
+
+    def predict_sequence(self, images: list[Image.Image], top_k: int = 5) -> Prediction:
+        """One prediction for photos of one drive: the cell whose summed log-probability over
+        the frames is highest (the evaluate stage's `sequence` mode), with the frames' joint
+        probabilities (normalised product) as confidence and top-k."""
+        joint = self.log_probs(images).sum(axis=0)
+        return self._prediction(np.exp(joint - np.logaddexp.reduce(joint)), top_k)
+
+    def log_probs(self, images: list[Image.Image]) -> np.ndarray:
+        """N x K log-probabilities, the logits divided by the snapshot's temperature."""
         batch = np.stack([to_square(image, self.spec["image_size"]) for image in images])
-        logits = self.session.run(["logits"], {"images": batch})[0]
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
-        return [self._prediction(p, top_k) for p in probs]
+        logits = self.session.run(["logits"], {"images": batch})[0].astype(np.float64)
+        scaled = logits / self.spec.get("temperature", 1.0)
+        return scaled - np.logaddexp.reduce(scaled, axis=1, keepdims=True)
 
     def _prediction(self, probs: np.ndarray, top_k: int) -> Prediction:
         order = np.argsort(-probs, kind="stable")[:top_k]

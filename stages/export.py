@@ -1,13 +1,18 @@
-"""export: TorchScript and ONNX files plus the cell table, checked against eager PyTorch."""
+"""export: a snapshot folder that predicts without the training code (TorchScript and ONNX
+models, cell table, preprocessing spec, params, metrics, model card), checked against eager
+PyTorch and timed on this CPU."""
 
 import argparse
+import json
 import logging
+from pathlib import Path
 
 from geoloc.checkpoint import check_cells, load_checkpoint
 from geoloc.data.cache import load_cache
 from geoloc.data.splits import load_cells, load_split
-from geoloc.export import export_model
+from geoloc.export import export_model, latency_figures
 from geoloc.io import atomic_dir, write_json
+from geoloc.model_card import model_card
 from geoloc.params import load_params
 from geoloc.stage import run_stage
 
@@ -23,6 +28,8 @@ def main() -> None:
     parser.add_argument("--cache", default="data/cache")
     parser.add_argument("--out", default="models/export")
     parser.add_argument("--metrics", default="metrics/export.json")
+    parser.add_argument("--eval", default="metrics/eval.json", help="the evaluate stage's")
+    parser.add_argument("--data", default="metrics/data.json", help="the index stage's")
     args = parser.parse_args()
 
     opset = load_params().export.opset
@@ -32,11 +39,21 @@ def main() -> None:
     test = load_cache(args.cache, "test", size, load_split(args.splits, "test"))
     # Parity on a bounded sample: the first test images, read once into memory.
     check = test.images[test.rows["cache_row"].to_numpy()[:PARITY_IMAGES]]
+    evaluation = json.loads(Path(args.eval).read_text())
+    data = json.loads(Path(args.data).read_text())
     with atomic_dir(args.out) as tmp:
-        figures = export_model(model, cells, size, check, tmp, opset)
+        figures = export_model(model, cells, size, check, tmp, opset,
+                               evaluation.get("temperature", 1.0))
+        write_json(checkpoint["params"], tmp / "params.json")
+        write_json({"evaluate": evaluation, "export": figures}, tmp / "metrics.json")
+        (tmp / "MODEL_CARD.md").write_text(model_card(checkpoint["params"], evaluation, data,
+                                                      figures))
+        figures.update(latency_figures(model, tmp, check))
     write_json(figures, args.metrics)
-    log.info("exported: ONNX %.2f MB, top-1 agreement %.4f", figures["onnx_mb"],
-             figures["onnx_top1_agreement"])
+    log.info("exported: ONNX %.2f MB, top-1 agreement %.4f; ms per image at batch 1: eager "
+             "%.2f, TorchScript %.2f, ONNX Runtime %.2f", figures["onnx_mb"],
+             figures["onnx_top1_agreement"], figures["latency_ms_eager_batch1"],
+             figures["latency_ms_torchscript_batch1"], figures["latency_ms_onnx_batch1"])
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -130,6 +131,49 @@ def test_cli_predicts_from_the_exported_snapshot(repo):
     assert len(prediction["top"]) == 3
     assert prediction["top"][0]["probability"] == pytest.approx(prediction["confidence"])
     assert sum(t["probability"] for t in prediction["top"]) <= 1.0 + 1e-6
+
+
+def test_cli_combines_the_frames_of_a_sequence(repo, tmp_path):
+    from geoloc.predictor import Predictor
+
+    raw = repo / "data/raw/batch01"
+    manifest = pd.read_parquet(raw / "manifest.parquet")
+    first = manifest["sequence_id"].iloc[0]
+    frames = [raw / p for p in manifest.loc[manifest["sequence_id"] == first, "path"]]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(frames[0].read_bytes()[:300])
+    result = run([sys.executable, "-m", "geoloc.cli", "predict", *map(str, frames), str(broken),
+                  "--sequence", "--json"], repo, check=False)
+    assert result.returncode == 1 and f"cannot read {broken}" in result.stderr
+    (line,) = result.stdout.splitlines()
+    prediction = json.loads(line)
+    assert prediction["path"] == f"sequence of {len(frames)} photos"
+
+    predictor = Predictor(repo / "models/export")
+    images = [Image.open(path) for path in frames]
+    joint = predictor.log_probs(images).sum(axis=0)
+    cells = json.loads((repo / "models/export/cells.json").read_text())
+    assert prediction["cell"] == cells[int(joint.argmax())]["cell"]
+    assert prediction["confidence"] == pytest.approx(
+        float(np.exp(joint.max() - np.logaddexp.reduce(joint))))
+
+
+def test_export_snapshot_stands_alone_and_is_timed(repo):
+    snapshot = repo / "models/export"
+    assert {p.name for p in snapshot.iterdir()} == {
+        "model.onnx", "model.ts", "cells.json", "model.json", "params.json", "metrics.json",
+        "MODEL_CARD.md"}
+    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    spec = json.loads((snapshot / "model.json").read_text())
+    assert spec["temperature"] == evaluation["temperature"]
+    assert json.loads((snapshot / "metrics.json").read_text())["evaluate"] == evaluation
+    assert json.loads((snapshot / "params.json").read_text())["model"]["arch"] == "cnn"
+    card = (snapshot / "MODEL_CARD.md").read_text()
+    assert f"{evaluation['median_km']:.3g} km" in card and "synthetic world" in card
+    export = json.loads((repo / "metrics/export.json").read_text())
+    for runtime in ("eager", "torchscript", "onnx"):
+        for batch in (1, 32):
+            assert export[f"latency_ms_{runtime}_batch{batch}"] > 0
 
 
 def test_second_repro_does_nothing(repo):

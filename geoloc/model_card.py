@@ -1,0 +1,75 @@
+"""The model card shipped in the export snapshot: what the model is, what it learnt from, how
+well it does, what it is for and where it fails (after Mitchell et al., "Model Cards for Model
+Reporting", 2019)."""
+
+from __future__ import annotations
+
+# What each source's images allow, and the credit they ask for.
+LICENCES = {
+    "synthetic": "Rendered by the project's embedded synthetic world (geoloc/sources/"
+                 "synthetic.py): no photographs, no people, no licence terms.",
+    "mapillary": "Mapillary images, CC BY-SA 4.0. Attribution per image (creator, image id, "
+                 "link) is in data/raw/<batch>/attribution.csv: credit \"Photos from "
+                 "Mapillary, CC BY-SA, by @username\" with a link to the image, and share "
+                 "derived images alike.",
+    "local": "The user's own photographs: their licence is the user's to state.",
+}
+
+
+def model_card(params: dict, evaluation: dict, data: dict, export: dict) -> str:
+    """Markdown for MODEL_CARD.md, from the training params, metrics/eval.json,
+    metrics/data.json and the export's parity figures."""
+    model, loss = params["model"], params["loss"]
+    index, split = params["index"], params["split"]
+    source = params["fetch"]["source"]
+    resolutions = f"{index['coarsest_resolution']} to {index['finest_resolution']}"
+    weights = "ImageNet-pretrained" if model["pretrained"] else "random init"
+    hybrid = " with offset regression (hybrid)" if model["hybrid"] else ""
+    return f"""# Model card: geo-locate-ml
+
+## Model
+- Task: predict where in France a street-level photo was taken, as one of {data['cells']}
+  adaptive H3 cells (resolutions {resolutions}); the answer is the cell's representative point
+  (the mean position of its training photos).
+- Architecture: `{model['arch']}` ({weights}), `{model['head']}` head{hybrid}, loss
+  `{loss['name']}`.
+- Input: one RGB photo, resized and centre-cropped to {export['image_size']} px (model.json);
+  output: a probability per cell (softmax of logits / temperature, temperature
+  {evaluation.get('temperature', 1.0):.3g} fitted on the validation split).
+- Files: model.onnx (ONNX Runtime, opset {params['export']['opset']}), model.ts (TorchScript),
+  cells.json, model.json, params.json (every param it was trained with), metrics.json.
+
+## Training data
+- Source: `{source}`. {LICENCES[source]}
+- {data['images']:,} images of {data['cities']} cities in {data['batches']} batches.
+- Split by `{split['protocol']}` (no drive, and no drive uploaded in two parts, in two
+  splits); validation and test follow the same rule.
+
+## Evaluation (test split, {evaluation['images']} images, {evaluation['sequences']} sequences)
+- Median error {evaluation['median_km']:.3g} km (95% interval over sequences
+  {evaluation['median_km_ci_low']:.3g} to {evaluation['median_km_ci_high']:.3g}), p90
+  {evaluation['p90_km']:.3g} km, cell accuracy {evaluation['accuracy']:.3f}, within 1 km
+  {evaluation['within_1km']:.3f}, within 25 km {evaluation['within_25km']:.3f}.
+- For reference: a perfect cell classifier would score a median of
+  {evaluation['floor_median_km']:.3g} km (the floor); always answering the most frequent cell,
+  {evaluation['baseline_median_km']:.3g} km.
+- Exported models agree with PyTorch on the top cell for
+  {100 * export['onnx_top1_agreement']:.2f}% (ONNX) and
+  {100 * export['torchscript_top1_agreement']:.2f}% (TorchScript) of {export['parity_images']}
+  test images.
+
+## Intended use
+Research and teaching on image geolocation; placing one's own street photos on a map of France;
+comparing methods under a leakage-free protocol.
+
+## Limits
+- France only, and only where the training data has photos: a photo from elsewhere still gets
+  a French cell, with no warning beyond a low confidence.
+- The answer is a cell's point, so even a right cell is off by the distance to that point
+  (the floor above); the error distribution is heavy-tailed (p90 far above the median).
+- Figures measured on the synthetic world say nothing about real photos; measure on data from
+  the source you will use.
+- Coverage is uneven (drives gather in popular places), and so is accuracy: see
+  plots/eval/cities.csv and the error map.
+- Not for locating people or private places: it must not be used to track anyone.
+"""
