@@ -3,9 +3,12 @@ and write the table of `dvc exp show` (test median km, p90 km, accuracy, trainin
 experiments/ablation.md, which the README quotes.
 
     python experiments/ablation.py            # queue, run (hours on a 2-core CPU), tabulate
+    python experiments/ablation.py --only effnet-pretrained   # run some of them, tabulate
     python experiments/ablation.py --table    # only tabulate experiments already run
 
 Each experiment is HEAD's params plus the changes listed here, so run it from a clean commit.
+A row whose experiment is no longer in `dvc exp show` (removed, or run in another clone) is
+kept from the previous table.
 """
 
 import argparse
@@ -28,8 +31,9 @@ CONFIGS = {
     "cnn-mlp-head": {"model.head": "mlp"},
     "resnet18-scratch": {"model.arch": "resnet18"},
     "effnet-scratch": {"model.arch": "efficientnet_lite0"},
-    "effnet-pretrained": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
-                          "train.lr": "0.001"},
+    "effnet-pretrained": {"model.arch": "efficientnet_lite0", "model.pretrained": "true"},
+    "effnet-pretrained-lr0.001": {"model.arch": "efficientnet_lite0",
+                                  "model.pretrained": "true", "train.lr": "0.001"},
     "effnet-frozen-linear": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
                              "model.freeze_backbone": "true", "train.augment": "false"},
     "effnet-frozen-mlp": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
@@ -47,13 +51,22 @@ def dvc(*args: str) -> str:
                           text=True).stdout
 
 
-def queue_and_run() -> None:
-    for name, changes in CONFIGS.items():
+def queue_and_run(names: list[str]) -> None:
+    for name in names:
+        changes = CONFIGS[name]
         sets = [arg for key, value in changes.items() for arg in ("-S", f"{key}={value}")]
         dvc("exp", "run", "--queue", "-n", name, *sets)
         print(f"queued {name}", file=sys.stderr)
     # One at a time: two trainings would share two cores and both take twice as long.
     subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], cwd=ROOT, check=True)
+
+
+def previous_rows() -> dict[str, str]:
+    """The rows of the table written last time, by experiment name."""
+    if not TABLE.exists():
+        return {}
+    rows = [line for line in TABLE.read_text().splitlines()[2:] if line.startswith("| ")]
+    return {row.split(" | ")[0][2:]: row for row in rows}
 
 
 def table() -> str:
@@ -69,8 +82,11 @@ def table() -> str:
                                  {c[1] for c in COLUMNS}}
     lines = ["| experiment | changes | " + " | ".join(c[0] for c in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
+    kept = previous_rows()
     for name, changes in CONFIGS.items():
         if name not in metrics:
+            if name in kept:
+                lines.append(kept[name])
             continue
         values = [metrics[name][path].get(key) for _, path, key in COLUMNS]
         cells = ["n/a" if v is None else f"{v:.3g}" for v in values]
@@ -83,9 +99,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", action="store_true", help="only tabulate finished runs")
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), metavar="NAME",
+                        help=f"run only these: {', '.join(CONFIGS)}")
     args = parser.parse_args()
     if not args.table:
-        queue_and_run()
+        queue_and_run(args.only or list(CONFIGS))
     text = table()
     TABLE.write_text(text)
     print(text)
