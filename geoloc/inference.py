@@ -56,22 +56,12 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray, positions=None) -
     return predict_outputs(model, images, positions)[0]
 
 
-def predicted_points(logits: np.ndarray, offsets: np.ndarray | None,
-                     cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(lat, lon) of each row's most likely cell's point, moved by the hybrid head's offset for
-    that cell where the model has one."""
-    points = cells.set_index("label").sort_index()
-    best = logits.argmax(axis=1)
-    lat, lon = points["lat"].to_numpy()[best], points["lon"].to_numpy()[best]
-    if offsets is None:
-        return lat, lon
-    east, north = offsets[np.arange(len(best)), best].T
-    return shift_km(lat, lon, east, north)
-
-
 def errors_km(logits: np.ndarray, offsets: np.ndarray | None, cells: pd.DataFrame,
               rows: pd.DataFrame) -> np.ndarray:
-    lat, lon = predicted_points(logits, offsets, cells)
+    """Each row's error in km of the model's own point: the argmax cell's, moved by the
+    hybrid head's offset where the model has one (what early stopping watches)."""
+    mode = "argmax" if offsets is None else "hybrid"
+    _, lat, lon = mode_points(mode, log_softmax(logits), offsets, cells, rows, top_k=1)
     return haversine_km(rows["lat"].to_numpy(), rows["lon"].to_numpy(), lat, lon)
 
 

@@ -141,8 +141,8 @@ def fit(model: GeoNet, train: dict[int, CachedSplit], val: CachedSplit, cells: p
     for epoch in range(state.epoch, cfg.epochs):
         started = time.perf_counter()
         size = sizes[epoch % len(sizes)] if cfg.multiscale else sizes[0]
-        train_loss = step.epoch(batches.of_epoch(epoch, size), optimizer, scheduler, scaler,
-                                epoch, cfg.seed)
+        train_loss = step.epoch(batches.of_epoch(epoch, size), batches.steps_per_epoch,
+                                optimizer, scheduler, scaler, epoch, cfg.seed)
         figures = {"epoch": epoch, "train_loss": train_loss,
                    **evaluate_split(model, val, cells, device, val_features)}
         state.history.append(figures)
@@ -262,12 +262,13 @@ class _TrainStep:
     def parameters_to_train(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def epoch(self, batches, optimizer, scheduler, scaler, epoch: int, seed: int) -> float:
+    def epoch(self, batches, steps: int, optimizer, scheduler, scaler, epoch: int,
+              seed: int) -> float:
         torch.manual_seed(_epoch_seed(seed, epoch, 2) + 7 * self.rank)   # dropout
         self.model.train()
         total, count = 0.0, 0
-        for inputs, labels, points in tqdm(batches, desc=f"epoch {epoch}", unit="batch",
-                                           leave=False, mininterval=2):
+        for inputs, labels, points in tqdm(batches, total=steps, desc=f"epoch {epoch}",
+                                           unit="batch", leave=False, mininterval=2):
             inputs, labels, points = (t.to(self.device, non_blocking=True)
                                       for t in (inputs, labels, points))
             optimizer.zero_grad(set_to_none=True)
