@@ -4,11 +4,20 @@ PY := $(VENV)/bin/python
 # Stage commands in dvc.yaml run `python`: make it the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv install demo test bench lint
+.PHONY: venv install browser demo test bench screenshot lint
 
 venv: install
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed browser
+
+# The web tests and `make screenshot` drive Debian's Chromium; as root, install it when missing.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	else echo "note: install the Debian packages chromium and chromium-driver (as root) for" \
+	  "tests/test_web.py and make screenshot"; fi
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +37,11 @@ test: install
 bench: install
 	$(PY) bench/fetch.py --out metrics/bench.json
 	$(PY) bench/data.py --out metrics/bench.json
+	$(PY) bench/serve.py --out metrics/bench.json
+
+# The web demo in headless Chromium, on the exported model and a photo of data/raw.
+screenshot: install
+	$(PY) -m geoloc.web_check --model models/export --out plots/web_demo.png
 
 lint: install
 	$(VENV)/bin/ruff check geoloc stages tests bench

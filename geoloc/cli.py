@@ -1,5 +1,5 @@
-"""The `geoloc` command: predict where photos were taken with an exported model, and purge raw
-JPEGs that the resize cache has made redundant."""
+"""The `geoloc` command: predict where photos were taken with an exported model, serve it over
+HTTP with a web page, and purge raw JPEGs that the resize cache has made redundant."""
 
 from __future__ import annotations
 
@@ -36,9 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     purge.add_argument("batches", nargs="*",
                        help="batches to purge (default: every batch in the resize cache)")
     purge.add_argument("--delete", action="store_true", help="delete (default: list only)")
+    serve = commands.add_parser(
+        "serve", help="serve predictions over HTTP, with a web page at /",
+        description="Serves POST /predict, GET /health, GET /model, the API docs at /docs and "
+                    "the web demo at / with uvicorn, from an exported snapshot.")
+    serve.add_argument("--model", type=Path, default=Path("models/export"),
+                       help="exported snapshot folder (default: models/export)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=20.0,
+                       help="largest photo accepted, in MB (default: 20)")
     args = parser.parse_args(argv)
     try:
-        return {"predict": _predict, "purge": _purge}[args.command](args)
+        return {"predict": _predict, "purge": _purge, "serve": _serve}[args.command](args)
     except GeolocError as exc:
         print(f"geoloc: error: {exc}", file=sys.stderr)
         return 2
@@ -123,6 +134,16 @@ def _purge(args) -> int:
     purge.execute(plan)
     print("deleted. `dvc status` now lists these batches' raw folders as changed, and a "
           "`dvc repro` fetches them again; after a `dvc push`, `dvc pull` restores them instead")
+    return 0
+
+
+def _serve(args) -> int:
+    from geoloc import serve  # fastapi and uvicorn load only when serving
+
+    if args.max_upload_mb <= 0:
+        raise GeolocError("--max-upload-mb must be positive")
+    serve.run(args.model, args.host, args.port,
+              max_upload_bytes=round(args.max_upload_mb * serve.MB))
     return 0
 
 

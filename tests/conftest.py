@@ -60,3 +60,32 @@ def fetch_run(out_dir: Path, batch: str = "batch01", store_dir: Path | None = No
     store_dir = store_dir or Path(out_dir).parent / "downloads"
     return FetchRun(batch=batch, out_dir=Path(out_dir), store_dir=store_dir,
                     budget=DiskBudget(store_dir, max_gb))
+
+
+# Real H3 cells (resolution 5) around six cities: the tiny snapshot's classes.
+SNAPSHOT_CITIES = [(48.8566, 2.3522), (43.2965, 5.3698), (45.7640, 4.8357), (43.6047, 1.4442),
+                   (47.2184, -1.5536), (50.6292, 3.0573)]
+
+
+@pytest.fixture(scope="session")
+def tiny_snapshot(tmp_path_factory) -> Path:
+    """A real exported snapshot (model.onnx, cells.json, model.json) of an untrained tiny CNN,
+    written by the export code the pipeline uses."""
+    import h3
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from geoloc.export import export_model
+    from geoloc.models import build_model
+
+    cells = pd.DataFrame({"label": range(len(SNAPSHOT_CITIES)),
+                          "cell": [h3.latlng_to_cell(lat, lon, 5) for lat, lon in SNAPSHOT_CITIES],
+                          "lat": [lat for lat, _ in SNAPSHOT_CITIES],
+                          "lon": [lon for _, lon in SNAPSHOT_CITIES]})
+    torch.manual_seed(0)
+    model = build_model(tiny_params(model={"width": 4}).model, len(cells))
+    check = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    out = tmp_path_factory.mktemp("snapshot")
+    export_model(model, cells, 32, check, out, load_params(ROOT / "params.yaml").export.opset)
+    return out

@@ -1,0 +1,339 @@
+"""`geoloc serve`: the real app under uvicorn on 127.0.0.1, over a tiny real ONNX snapshot."""
+
+import http.client
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import requests
+from conftest import ROOT
+from PIL import Image
+
+from geoloc.data.cities import load_cities
+from geoloc.predictor import Predictor
+from geoloc.serve import create_app, serving
+from geoloc.upload import FORM_OVERHEAD
+
+BOUNDARY = "geoloc-test-boundary"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_snapshot):
+    with serving(create_app(tiny_snapshot)) as url:
+        yield url
+
+
+def photo(seed: int, fmt: str = "JPEG", size=(160, 120)) -> bytes:
+    """A noisy gradient: distinct photos give distinct model inputs."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, size[0], dtype=np.float32)[None, :, None]
+    pixels = np.clip(ramp * rng.uniform(0.2, 1, 3) + rng.normal(0, 40, (size[1], size[0], 3)),
+                     0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, fmt)
+    return out.getvalue()
+
+
+def post(url: str, data: bytes, filename: str = "photo.jpg", fields=None, params=None):
+    return requests.post(f"{url}/predict", files={"image": (filename, data)}, data=fields,
+                         params=params, timeout=60)
+
+
+def expected(snapshot: Path, data: bytes, top_k: int = 5):
+    with Image.open(io.BytesIO(data)) as image:
+        return Predictor(snapshot).predict([image], top_k)[0]
+
+
+def assert_refused(response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str)
+    for word in words:
+        assert word in detail, detail
+
+
+def test_health(server):
+    assert requests.get(f"{server}/health", timeout=10).json() == {"status": "ok"}
+
+
+def test_model_describes_the_snapshot_and_its_metrics(tiny_snapshot, tmp_path):
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    for path in tiny_snapshot.iterdir():
+        (snapshot / path.name).write_bytes(path.read_bytes())
+    (snapshot / "eval.json").write_text(json.dumps({"median_km": 1.5}))
+    (snapshot / "broken.json").write_text("{not json")
+    with serving(create_app(snapshot, max_upload_bytes=1000)) as url:
+        about = requests.get(f"{url}/model", timeout=10).json()
+    assert about["model"] == json.loads((tiny_snapshot / "model.json").read_text())
+    assert about["eval"] == {"median_km": 1.5}
+    assert about["cells"] == 6
+    assert about["limits"]["max_upload_bytes"] == 1000
+    assert "broken" not in about  # an unreadable file is skipped
+
+
+def test_model_without_metrics(server):
+    about = requests.get(f"{server}/model", timeout=10).json()
+    assert set(about) == {"model", "cells", "limits"}
+    assert about["limits"] == {"max_upload_bytes": 20_000_000, "max_pixels": 50_000_000,
+                               "timeout_s": 30.0}
+
+
+def test_docs_and_openapi(server):
+    docs = requests.get(f"{server}/docs", timeout=10)
+    assert docs.status_code == 200 and "openapi.json" in docs.text
+    spec = requests.get(f"{server}/openapi.json", timeout=10).json()
+    predict = spec["paths"]["/predict"]["post"]
+    form = predict["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["image"] and form["properties"]["image"]["format"] == "binary"
+    assert {"400", "413", "415", "422", "504"} <= set(predict["responses"])
+    assert {"/health", "/model", "/map.json"} <= set(spec["paths"])
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_prediction_matches_the_predictor(server, tiny_snapshot, fmt):
+    data = photo(1, fmt)
+    answer = post(server, data, f"photo.{fmt.lower()}").json()
+    best = expected(tiny_snapshot, data)
+    assert answer["cell"] == best.cell == answer["top"][0]["cell"]
+    assert (answer["lat"], answer["lon"]) == (best.lat, best.lon)
+    assert answer["confidence"] == pytest.approx(best.confidence, abs=1e-6)
+    assert answer["osm_url"] == (f"https://www.openstreetmap.org/?mlat={round(best.lat, 5)}"
+                                 f"&mlon={round(best.lon, 5)}#map=15/{round(best.lat, 5)}/"
+                                 f"{round(best.lon, 5)}")
+    hexagon = answer["top"][0]["boundary"]
+    assert len(hexagon) == 6
+    assert all(abs(lat - best.lat) < 0.5 and abs(lon - best.lon) < 0.5 for lat, lon in hexagon)
+
+
+def test_top_k_from_the_query_or_the_form(server, tiny_snapshot):
+    data = photo(2)
+    best = expected(tiny_snapshot, data, top_k=6)
+    assert len(post(server, data).json()["top"]) == 5  # the default
+    assert [c["cell"] for c in post(server, data, params={"top_k": 2}).json()["top"]] == \
+        [c["cell"] for c in best.top[:2]]
+    assert len(post(server, data, fields={"top_k": "3"}).json()["top"]) == 3
+    assert len(post(server, data, params={"top_k": 50}).json()["top"]) == 6  # every cell
+
+
+@pytest.mark.parametrize("where, value", [("query", 0), ("query", 51), ("query", "x"),
+                                          ("form", "0"), ("form", "51"), ("form", "x")])
+def test_top_k_out_of_range_is_422(server, where, value):
+    option = {"params": {"top_k": value}} if where == "query" else {"fields": {"top_k": value}}
+    assert_refused(post(server, photo(3), **option), 422, "top_k")
+
+
+def test_missing_image_field_is_422(server):
+    response = requests.post(f"{server}/predict", files={"photo": ("a.jpg", photo(3))},
+                             timeout=10)
+    assert_refused(response, 422, "missing the file field 'image'")
+    response = requests.post(f"{server}/predict", files={"image": (None, "text")}, timeout=10)
+    assert_refused(response, 422, "file upload")
+
+
+def test_not_multipart_is_415(server):
+    response = requests.post(f"{server}/predict", data=photo(3),
+                             headers={"Content-Type": "image/jpeg"}, timeout=10)
+    assert_refused(response, 415, "multipart/form-data")
+
+
+def test_text_file_named_jpg_is_415(server):
+    assert_refused(post(server, b"just some text\n" * 20, "notes.jpg"), 415, "JPEG, PNG or WebP")
+
+
+def test_other_image_formats_are_415(server):
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(out, "TIFF")
+    assert_refused(post(server, out.getvalue(), "photo.tiff"), 415, "JPEG, PNG or WebP")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.05])
+def test_truncated_jpeg_is_400(server, keep):
+    data = photo(4, size=(640, 480))
+    response = post(server, data[:int(len(data) * keep)])
+    assert_refused(response, 400, "truncated")
+
+
+def test_empty_file_is_400(server):
+    assert_refused(post(server, b""), 400, "empty")
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A valid PNG signature and header claiming width x height, and almost no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [100_000, 8_000])
+def test_decompression_bomb_is_413(server, side):
+    # 100000^2 trips Pillow's own guard on opening; 8000^2 passes it but not the server's limit.
+    response = post(server, png_header(side, side), "bomb.png")
+    assert_refused(response, 413, "too large to decode", "50000000")
+
+
+def test_declared_length_over_the_limit_is_413_before_the_body_is_sent(server):
+    """With `Expect: 100-continue` the client waits: the server answers from the headers."""
+    parts = urlsplit(server)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    connection.putrequest("POST", "/predict")
+    connection.putheader("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")
+    connection.putheader("Content-Length", str(25_000_000))
+    connection.putheader("Expect", "100-continue")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413
+    assert "20 MB" in json.loads(response.read())["detail"]
+    connection.close()
+
+
+def chunked_upload(url: str, body: bytes, chunk: int = 16 * 1024) -> tuple[int, dict]:
+    """POST `body` without Content-Length (chunked), so the server can only count bytes."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    connection.putrequest("POST", "/predict")
+    connection.putheader("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.endheaders()
+    try:
+        for start in range(0, len(body), chunk):
+            piece = body[start:start + chunk]
+            connection.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+        connection.send(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered and closed before the end of the body: read its answer
+    response = connection.getresponse()
+    answer = (response.status, json.loads(response.read()))
+    connection.close()
+    return answer
+
+
+def multipart(data: bytes) -> bytes:
+    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; "
+            f"filename=\"big.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + data + \
+        f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def test_streamed_upload_over_the_limit_is_413(tiny_snapshot):
+    limit = 100_000
+    fits = photo(5, "PNG", size=(180, 180))
+    assert 0.5 * limit < len(fits) < limit
+    too_big = photo(6, "PNG", size=(300, 300))
+    assert len(too_big) > limit + FORM_OVERHEAD
+    with serving(create_app(tiny_snapshot, max_upload_bytes=limit)) as url:
+        status, answer = chunked_upload(url, multipart(fits))
+        assert status == 200 and answer["cell"] == expected(tiny_snapshot, fits).cell
+        status, answer = chunked_upload(url, multipart(too_big))
+        assert status == 413 and "0.1 MB (100000 bytes)" in answer["detail"]
+        # Between the file limit and the body limit, the file part itself is refused.
+        status, answer = chunked_upload(url, multipart(too_big[:limit + 10]))
+        assert status == 413 and "upload too large" in answer["detail"]
+
+
+def test_timeout_is_504(tiny_snapshot):
+    with serving(create_app(tiny_snapshot, timeout_s=1e-9)) as url:
+        assert_refused(post(url, photo(7)), 504, "longer than")
+        # The server survives its abandoned prediction.
+        assert requests.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def test_concurrent_requests_are_all_answered_correctly(server, tiny_snapshot):
+    photos = [photo(seed, fmt) for seed in range(4) for fmt in ("JPEG", "PNG")]
+    cells = [expected(tiny_snapshot, data).cell for data in photos]
+
+    def one(i: int) -> tuple[int, str]:
+        response = post(server, photos[i % len(photos)], params={"top_k": 2})
+        return response.status_code, response.json()["cell"]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(64)))
+    assert results == [(200, cells[i % len(photos)]) for i in range(64)]
+
+
+def test_the_clients_filename_is_never_used(server, tiny_snapshot):
+    names = ["evil.jpg", "evil.png"]
+    places = [Path.cwd(), Path.cwd().parent.parent, tiny_snapshot, tiny_snapshot.parent,
+              Path(tempfile.gettempdir()), ROOT]
+
+    def written() -> list[Path]:
+        return [place / name for place in places for name in names if (place / name).exists()]
+
+    before = written()
+    for name, fmt in zip(names, ("JPEG", "PNG"), strict=True):
+        assert post(server, photo(8, fmt), f"../../{name}").status_code == 200
+        assert post(server, photo(8, fmt), f"/tmp/{name}").status_code == 200
+    assert written() == before
+
+
+def test_page_and_map_are_served_from_here(server):
+    page = requests.get(server, timeout=10)
+    assert page.status_code == 200 and "default-src 'self'" in page.headers[
+        "Content-Security-Policy"]
+    # Nothing from elsewhere: every script, stylesheet and image of the page is local.
+    assert all(link.startswith("/static/")
+               for link in re.findall(r'(?:src|href)="([^"#]+)"', page.text))
+    script = requests.get(f"{server}/static/app.js", timeout=10).text
+    assert set(re.findall(r"https?://[^\s\"'`]+", script)) == {"http://www.w3.org/2000/svg"}
+    base = requests.get(f"{server}/map.json", timeout=10).json()
+    france = [f for f in base["outline"]["features"] if f["properties"].get("focus")]
+    assert [f["properties"]["name"] for f in france] == ["France"]
+    assert len(base["cities"]) == len(load_cities(ROOT / "data/cities.csv"))
+
+
+def test_city_asset_matches_the_city_list():
+    """geoloc/assets/cities.json is data/cities.csv's markers (tools/cities_asset.py)."""
+    cities = load_cities(ROOT / "data/cities.csv")
+    asset = json.loads((ROOT / "geoloc/assets/cities.json").read_text())
+    assert asset == [{"name": r.city, "lat": r.lat, "lon": r.lon} for r in cities.itertuples()]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_command_serves(tiny_snapshot):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "geoloc.cli", "serve", "--model",
+                                str(tiny_snapshot), "--port", str(port), "--max-upload-mb", "1"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        about = None
+        deadline = time.monotonic() + 60
+        while about is None and time.monotonic() < deadline and process.poll() is None:
+            try:
+                about = requests.get(f"http://127.0.0.1:{port}/model", timeout=5).json()
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        assert about is not None, process.stdout.read().decode() if process.poll() else "timeout"
+        assert about["limits"]["max_upload_bytes"] == 1_000_000
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_the_command_refuses_a_missing_snapshot(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "geoloc.cli", "serve", "--model",
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "not found" in result.stderr
