@@ -70,14 +70,16 @@ def previous_rows() -> dict[str, str]:
 
 
 def table() -> str:
-    shown = json.loads(dvc("exp", "show", "--json"))
+    # Every commit's experiments, newest commit first: a configuration re-run after a change
+    # of code is tabulated from its latest run.
+    shown = json.loads(dvc("exp", "show", "--all-commits", "--json"))
     metrics = {}
     for commit in shown:
         for experiment in commit.get("experiments") or []:
             name = experiment.get("name")
             revision = (experiment.get("revs") or [{}])[0]
             data = (revision.get("data") or {}).get("metrics") or {}
-            if name in CONFIGS:
+            if name in CONFIGS and name not in metrics:
                 metrics[name] = {path: (data.get(path) or {}).get("data", {}) for path in
                                  {c[1] for c in COLUMNS}}
     lines = ["| experiment | changes | " + " | ".join(c[0] for c in COLUMNS) + " |",
