@@ -337,3 +337,12 @@ def test_the_command_refuses_a_missing_snapshot(tmp_path):
                              str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2 and "not found" in result.stderr
+
+
+def test_predicting_and_serving_do_not_load_the_training_stack():
+    code = ("import sys, geoloc.cli, geoloc.predictor, geoloc.serve; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'dvc', 'geoloc.train') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
