@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from geoloc.errors import GeolocError
+from geoloc.log import setup_logging
+
+log = logging.getLogger(__name__)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -105,6 +109,7 @@ def screenshot(driver, path: Path) -> Path:
 def main() -> None:
     from geoloc.serve import create_app, serving
 
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/export"))
     parser.add_argument("--photo", type=Path, help="default: the first JPEG under data/raw")
@@ -119,7 +124,8 @@ def main() -> None:
         if shown.state != "done":
             raise SystemExit(f"the page did not locate {photo}: {shown.status}")
         screenshot(driver, args.out)
-    print(f"{photo}: {shown.lat}, {shown.lon} ({shown.confidence}); wrote {args.out}")
+    log.info("%s: %s, %s (%s); wrote %s", photo, shown.lat, shown.lon, shown.confidence,
+             args.out)
 
 
 if __name__ == "__main__":
