@@ -143,8 +143,8 @@ def fit(model: GeoNet, train: dict[int, CachedSplit], val: CachedSplit, cells: p
         size = sizes[epoch % len(sizes)] if cfg.multiscale else sizes[0]
         train_loss = step.epoch(batches.of_epoch(epoch, size), batches.steps_per_epoch,
                                 optimizer, scheduler, scaler, epoch, cfg.seed)
-        figures = {"epoch": epoch, "train_loss": train_loss,
-                   **evaluate_split(model, val, cells, device, val_features)}
+        figures = _agreed({"epoch": epoch, "train_loss": train_loss,
+                           **evaluate_split(model, val, cells, device, val_features)}, dist)
         state.history.append(figures)
         _log_epoch(live, figures, dist)
         if dist.main:
@@ -166,6 +166,17 @@ def fit(model: GeoNet, train: dict[int, CachedSplit], val: CachedSplit, cells: p
     model.to("cpu")
     return {"best_epoch": state.best["epoch"], "epochs_run": state.epoch,
             **{k: v for k, v in state.best.items() if k != "epoch"}}
+
+
+def _agreed(figures: dict, dist: Dist) -> dict:
+    """Rank 0's figures, on every rank. Each rank's BatchNorm statistics follow its own last
+    batches, so their val figures can differ in the last digits; early stopping on those would
+    let one rank leave while another waits in a collective step."""
+    if dist.world == 1:
+        return figures
+    shared = [figures]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def _warmup_cosine(warmup: int, total: int):

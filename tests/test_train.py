@@ -100,3 +100,31 @@ def test_warm_up_then_cosine():
     assert factor(12) == pytest.approx(0.5)
     assert factor(20) == pytest.approx(0.0, abs=1e-12)
     assert _warmup_cosine(0, 10)(0) == pytest.approx(1.0)
+
+
+def _agree_on_rank(rank: int, world: int, port: int, out) -> None:
+    import torch.distributed as torch_dist
+
+    from geoloc.train import Dist, _agreed
+
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                  world_size=world)
+    try:
+        out.put((rank, _agreed({"val_median_km": 1.0 + rank}, Dist(rank, world))))
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_ranks_agree_on_rank_0s_validation_figures():
+    """Early stopping must be one decision for all DDP ranks, or one leaves the others hanging."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_agree_on_rank, args=(2, port, out), nprocs=2)
+    answers = dict(out.get() for _ in range(2))
+    assert answers == {0: {"val_median_km": 1.0}, 1: {"val_median_km": 1.0}}
