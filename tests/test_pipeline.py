@@ -61,9 +61,9 @@ def out_hashes(repo: Path, stages: list[str]) -> dict:
                     if not o["path"].startswith(timed)] for stage in stages}
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    repo = copy_project(tmp_path_factory.mktemp("project"))
+def tiny_project(dest: Path) -> Path:
+    """A copy of the project in its own git repo, with TINY params, after `dvc repro`."""
+    repo = copy_project(dest)
     (repo / "dvc.lock").unlink(missing_ok=True)
     write_params(repo, **TINY)
     run(["git", "init", "-q"], repo)
@@ -71,6 +71,11 @@ def repo(tmp_path_factory) -> Path:
     run(["git", "commit", "-q", "-m", "copy"], repo)
     run(["dvc", "repro"], repo)
     return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return tiny_project(tmp_path_factory.mktemp("project"))
 
 
 def test_repro_writes_every_metric(repo):

@@ -8,9 +8,8 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from conftest import copy_project
 from moto.server import ThreadedMotoServer
-from test_pipeline import TINY, run, write_params
+from test_pipeline import run, tiny_project
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +23,7 @@ BUCKET = "geoloc-test"
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """The tiny project after `dvc repro`, everything (dvc.lock included) committed."""
-    repo = copy_project(tmp_path_factory.mktemp("project"))
-    (repo / "dvc.lock").unlink(missing_ok=True)
-    write_params(repo, **TINY)
-    run(["git", "init", "-q"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "copy"], repo)
-    run(["dvc", "repro"], repo)
+    repo = tiny_project(tmp_path_factory.mktemp("project"))
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "repro"], repo)
     return repo
