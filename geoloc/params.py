@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,18 +17,25 @@ from pathlib import Path
 
 import yaml
 
+from geoloc.data.cities import BATCH_PATTERN, BATCH_RULE
 from geoloc.errors import GeolocError
 
 PARAMS_FILE = Path("params.yaml")
+AUTO = "auto"   # what a key that takes `auto` holds until the stage that knows the data decides
 
 
 class ParamsError(GeolocError, ValueError):
     """A params.yaml key is unknown, missing, of the wrong type or out of range."""
 
 
-def knob(*, min=None, max=None, choices=None):  # noqa: A002 - min/max read best at call sites
-    """A required field with an optional range or set of allowed values."""
-    return field(metadata={"min": min, "max": max, "choices": choices})
+def knob(*, min=None, max=None, choices=None, auto=False):  # noqa: A002 - min/max read best
+    """A required field with an optional range or set of allowed values; with `auto`, the
+    value may also be "auto" (the field's type is then `int | str`)."""
+    return field(metadata={"min": min, "max": max, "choices": choices, "auto": auto})
+
+
+def is_auto(value) -> bool:
+    return value == AUTO
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,15 @@ class LocalParams:
     folder: str = knob()
     csv: str | None = knob()
 
+    def check(self, key: str) -> None:
+        # The fetch stage's DVC dependency is the folder: a CSV elsewhere would change without
+        # DVC noticing.
+        if self.csv is not None and not _inside(self.csv, self.folder):
+            raise ParamsError(
+                f"{key}.csv ({self.csv}) must lie inside {key}.folder ({self.folder}), which "
+                f"DVC tracks as the fetch stage's input: move it there, e.g. to "
+                f"{Path(self.folder) / Path(self.csv).name}")
+
 
 @dataclass(frozen=True)
 class FetchParams:
@@ -94,19 +111,22 @@ class FetchParams:
 
 @dataclass(frozen=True)
 class IndexParams:
-    coarsest_resolution: int = knob(min=0, max=15)
-    finest_resolution: int = knob(min=0, max=15)
-    max_images_per_cell: int = knob(min=1)
-    min_images_per_cell: int = knob(min=1)
+    coarsest_resolution: int | str = knob(min=0, max=15, auto=True)
+    finest_resolution: int | str = knob(min=0, max=15, auto=True)
+    max_images_per_cell: int | str = knob(min=1, auto=True)
+    min_images_per_cell: int | str = knob(min=1, auto=True)
     cap_images_per_cell: int | None = knob(min=1)
 
     def check(self, key: str) -> None:
-        if self.coarsest_resolution > self.finest_resolution:
+        """Only what the values say on their own; `auto` ones are checked once resolved."""
+        if _known(self.coarsest_resolution, self.finest_resolution) and \
+                self.coarsest_resolution > self.finest_resolution:
             raise ParamsError(
                 f"{key}.coarsest_resolution ({self.coarsest_resolution}) is finer than "
                 f"{key}.finest_resolution ({self.finest_resolution}): H3 resolutions grow "
                 f"finer as the number grows")
-        if self.min_images_per_cell > self.max_images_per_cell:
+        if _known(self.min_images_per_cell, self.max_images_per_cell) and \
+                self.min_images_per_cell > self.max_images_per_cell:
             raise ParamsError(
                 f"{key}.min_images_per_cell ({self.min_images_per_cell}) is larger than "
                 f"{key}.max_images_per_cell ({self.max_images_per_cell})")
@@ -120,7 +140,7 @@ class SplitParams:
     twin_max_gap_s: float = knob(min=0.0, max=3600.0)
     twin_max_gap_m: float = knob(min=0.0, max=10000.0)
     protocol: str = knob(choices=("sequence", "spatial"))
-    block_resolution: int = knob(min=0, max=15)
+    block_resolution: int | str = knob(min=0, max=15, auto=True)
     one_image_per_sequence: bool = knob()
 
     def check(self, key: str) -> None:
@@ -144,6 +164,17 @@ class CacheParams:
                 raise ParamsError(f"{key}.sizes: {size} is not a size from 16 to 1024 px")
         if len(set(self.sizes)) != len(self.sizes):
             raise ParamsError(f"{key}.sizes: a size is listed twice in {self.sizes}")
+
+
+# The backbones with ImageNet weights: what the features stage can compute features with.
+FEATURE_BACKBONES = ("efficientnet_lite0", "resnet18")
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    backbone: str = knob(choices=FEATURE_BACKBONES)
+    size: int = knob(min=32, max=1024)
+    weights_path: str | None = knob()
 
 
 @dataclass(frozen=True)
@@ -185,16 +216,25 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class RetrievalParams:
+    neighbours: int = knob(min=1, max=1000)
+    within_top_cells: int = knob(min=0, max=100)
+    dims: int = knob(min=0, max=4096)
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     mode: str = knob()                  # checked against geoloc.inference.MODES by evaluate
     top_k: int = knob(min=1, max=100)
     bootstrap_samples: int = knob(min=100, max=100_000)
     calibrate: bool = knob()
+    retrieval: RetrievalParams = knob()
 
 
 @dataclass(frozen=True)
 class ExportParams:
     opset: int = knob(min=17, max=23)
+    retrieval_index: bool = knob()
 
 
 @dataclass(frozen=True)
@@ -204,6 +244,7 @@ class Params:
     index: IndexParams = knob()
     split: SplitParams = knob()
     cache: CacheParams = knob()
+    features: FeaturesParams = knob()
     model: ModelParams = knob()
     loss: LossParams = knob()
     train: TrainParams = knob()
@@ -215,11 +256,31 @@ class Params:
             raise ParamsError("batches: list at least one batch of data/cities.csv")
         if len(set(self.batches)) != len(self.batches):
             raise ParamsError(f"batches: a batch is listed twice in {self.batches}")
-        if self.split.block_resolution <= self.index.finest_resolution:
+        for batch in self.batches:
+            if not BATCH_PATTERN.match(batch):
+                raise ParamsError(f"batches: {batch!r}: {BATCH_RULE}")
+        if self.model.freeze_backbone:
+            self._check_frozen()
+        block, finest = self.split.block_resolution, self.index.finest_resolution
+        if _known(block, finest) and block <= finest:
             raise ParamsError(
-                f"split.block_resolution ({self.split.block_resolution}) must be finer than "
-                f"index.finest_resolution ({self.index.finest_resolution}): a block as large "
-                f"as a cell would send the whole cell to val or test, with no train image")
+                f"split.block_resolution ({block}) must be finer than "
+                f"index.finest_resolution ({finest}): a block as large as a cell would send the "
+                f"whole cell to val or test, with no train image. Set it to auto (one level "
+                f"finer than the finest cell) or above {finest}")
+
+
+    def _check_frozen(self) -> None:
+        """A frozen backbone trains on the features stage's features: the same network."""
+        model, features = self.model, self.features
+        if (model.arch, model.pretrained, model.weights_path) != (
+                features.backbone, True, features.weights_path):
+            raise ParamsError(
+                f"model.freeze_backbone trains a head on the features of the features stage, "
+                f"so the model must be that backbone: model.arch {features.backbone!r} (is "
+                f"{model.arch!r}), model.pretrained true (is {str(model.pretrained).lower()}), "
+                f"model.weights_path {features.weights_path!r} (is {model.weights_path!r}); "
+                f"or change features.backbone")
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
@@ -263,10 +324,13 @@ def _build(cls: type, raw: object, key: str):
 
 
 def _convert(hint, value, key: str, meta) -> object:
-    if isinstance(hint, types.UnionType):  # `X | None`: an optional value, null in YAML
-        if value is None:
+    if meta.get("auto") and is_auto(value):
+        return AUTO
+    if isinstance(hint, types.UnionType):  # `X | None`: null in YAML; `int | str`: or auto
+        if value is None and type(None) in typing.get_args(hint):
             return None
-        (hint,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
+        skip = (type(None), str) if meta.get("auto") else (type(None),)
+        (hint,) = (arg for arg in typing.get_args(hint) if arg not in skip)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if typing.get_origin(hint) is list:
@@ -274,12 +338,12 @@ def _convert(hint, value, key: str, meta) -> object:
         if not isinstance(value, list):
             raise ParamsError(f"{key}: expected a list, got {value!r}")
         return [_convert(item, v, f"{key}[{i}]", {}) for i, v in enumerate(value)]
-    value = _scalar(hint, value, key)
+    value = _scalar(hint, value, key, meta)
     _check_range(value, key, meta)
     return value
 
 
-def _scalar(hint: type, value, key: str):
+def _scalar(hint: type, value, key: str, meta):
     # YAML reads 1 as int and 1.0 as float; bool is an int subclass, so reject it explicitly.
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
@@ -287,7 +351,8 @@ def _scalar(hint: type, value, key: str):
         return value
     if hint in (str, bool) and isinstance(value, hint):
         return value
-    raise ParamsError(f"{key}: expected {hint.__name__}, got {value!r}")
+    expected = f"{hint.__name__} or {AUTO}" if meta.get("auto") else hint.__name__
+    raise ParamsError(f"{key}: expected {expected}, got {value!r}")
 
 
 def _check_range(value, key: str, meta) -> None:
@@ -307,6 +372,15 @@ def _iso_date(key: str, value: str | None) -> datetime.date | None:
         return datetime.date.fromisoformat(value)
     except ValueError:
         raise ParamsError(f"{key}: expected a date like 2020-01-31, got {value!r}") from None
+
+
+def _known(*values) -> bool:
+    return not any(is_auto(v) for v in values)
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = (Path(os.path.abspath(p)) for p in (path, folder))
+    return path.is_relative_to(folder) and path != folder
 
 
 def _join(prefix: str, name: str) -> str:

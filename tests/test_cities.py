@@ -23,7 +23,9 @@ def test_repo_city_list():
      "cities.csv:3: lat 'north' is not a number"),
     ("city,lat,lon,radius_km,batch\nParis,98.8,2.3,5,batch01\n", "cities.csv:2: lat 98.8"),
     ("city,lat,lon,radius_km,batch\nParis,48.8,2.3,5\n", "cities.csv:2: expected 5 fields"),
-    ("city,lat,lon,radius_km,batch\nParis,48.8,2.3,5,b1\n", "cities.csv:2: batch 'b1'"),
+    ("city,lat,lon,radius_km,batch\nParis,48.8,2.3,5,cap ferret\n",
+     "cities.csv:2: batch 'cap ferret': a batch name is letters, digits, '_' and '-'"),
+    ("city,lat,lon,radius_km,batch\nParis,48.8,2.3,5,../raw\n", "cities.csv:2: batch '../raw'"),
     ("city,lat,lon,radius_km,batch\nParis,48.8,2.3,5,batch01\nParis,48.8,2.3,5,batch02\n",
      "cities.csv:3: city 'Paris' already on line 2"),
 ])
@@ -32,6 +34,13 @@ def test_malformed_file_names_file_and_line(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(CitiesError, match=message.replace("(", r"\(").replace(".", r"\.")):
         load_cities(path)
+
+
+def test_any_name_of_letters_digits_underscore_and_dash_is_a_batch(tmp_path):
+    path = tmp_path / "cities.csv"
+    path.write_text("city,lat,lon,radius_km,batch\nLege-Cap-Ferret,44.79,-1.15,20,capferret\n"
+                    "Arcachon,44.66,-1.17,5,bassin_2-b\n")
+    assert list(load_cities(path)["batch"]) == ["capferret", "bassin_2-b"]
 
 
 def test_unknown_batch():

@@ -190,7 +190,41 @@ def test_nearest_city_within_radius_and_outside_cities_counted(tmp_path, caplog)
     assert rows.loc["both", "city"] == "Boulogne-Billancourt"
     assert rows.loc["paris", "city"] == "Paris"
     assert len(df) == 2 and run.counts == {"outside_cities": 1}
-    assert sum("outside every city of batch01" in r.getMessage() for r in caplog.records) == 1
+    (outside,) = [r.getMessage() for r in caplog.records if "outside every city" in r.getMessage()]
+    assert outside.startswith("1 photos in ") and outside.endswith("skipped: lyon.jpg")
+
+
+def test_csv_extra_columns_creator_group_and_rows_naming_no_file(tmp_path, caplog):
+    """What a user's spreadsheet holds: columns this project does not read (named once in
+    the log), a creator for photos whose EXIF has none, the faces of a panorama as one group,
+    and rows of photos since removed from the folder (skipped, named, counted)."""
+    folder = tmp_path / "photos"
+    for face in range(4):
+        write_photo(folder / f"pano1_{face}.jpg", artist="Exif Artist" if face == 0 else None)
+    (folder / "photos.csv").write_text(
+        "image,lat,lon,sequence_id,captured_at,pano_id,face,creator,group\n"
+        + "".join(f"pano1_{f}.jpg,48.39,-4.48,s1,1620000000000,p1,{f},ann,p1\n"
+                  for f in range(4))
+        + "gone.jpg,48.39,-4.48,s1,1620000000000,p2,0,ann,p2\n")
+    run = make_run(tmp_path)
+
+    with caplog.at_level(logging.INFO, logger="geoloc.sources.local"):
+        df = fetch(tmp_path, folder, csv=folder / "photos.csv", run=run)
+    assert len(df) == 4 and run.counts == {"missing_file": 1}
+    assert set(df["creator"]) == {"ann"}          # the CSV's, before EXIF's Artist
+    assert set(df["view_group"]) == {"local:p1"} and set(df["sequence_id"]) == {"local:s1"}
+    messages = [r.getMessage() for r in caplog.records]
+    (ignored,) = [m for m in messages if "ignoring the columns" in m]
+    assert "pano_id, face (read: image, lat, lon, sequence_id, captured_at, creator, group)" \
+        in ignored
+    (missing,) = [m for m in messages if "listed in the CSV but are not in the folder" in m]
+    assert missing.endswith("skipped: gone.jpg (line 6)")
+
+
+def test_without_group_column_view_group_is_null(tmp_path):
+    write_photo(tmp_path / "photos" / "a.jpg", BREST, artist="Bob")
+    df = fetch(tmp_path, tmp_path / "photos")
+    assert df["view_group"].isna().all() and list(df["creator"]) == ["Bob"]
 
 
 def test_duplicates_kept_once_deterministic_and_files_unchanged(tmp_path):
@@ -227,14 +261,14 @@ def test_photos_are_copied_within_the_disk_budget(tmp_path):
 
 
 @pytest.mark.parametrize("header, line, message", [
-    ("image,lat", "a.jpg,48.39", "the header must be"),
-    ("image,latitude,lon", "a.jpg,48.39,-4.48", "the header must be"),
+    ("image,lat", "a.jpg,48.39", "the header must have image,lat,lon"),
+    ("image,latitude,lon", "a.jpg,48.39,-4.48", "the header must have image,lat,lon"),
+    ("image,lat,lon,lat", "a.jpg,48.39,-4.48,48.39", "each once"),
     ("image,lat,lon", "a.jpg,north,-4.48", "lat 'north' is not a number"),
     ("image,lat,lon", "a.jpg,48.39,", "lon '' is not a number"),
     ("image,lat,lon", "a.jpg,95,-4.48", "lat 95.0 is outside"),
-    ("image,lat,lon", "missing.jpg,48.39,-4.48", "does not exist"),
     ("image,lat,lon", "../a.jpg,48.39,-4.48", "must be a path inside"),
-    ("image,lat,lon", "b.jpg,48.39,-4.48", "listed a second time"),
+    ("image,lat,lon", "b.jpg,48.39,-4.48", "b.jpg is listed a second time (first on line 2)"),
     ("image,lat,lon", "b.jpg,48.39,-4.48,extra", "more fields than the header"),
     ("image,lat,lon,captured_at", "b.jpg,48.39,-4.48,yesterday", "captured_at 'yesterday'"),
 ])
@@ -246,7 +280,7 @@ def test_bad_csv_names_file_and_line(tmp_path, header, line, message):
     first = ",".join(["b.jpg", "48.39", "-4.48", "1620000000000"][:columns])
     csv = tmp_path / "positions.csv"
     csv.write_text(f"{header}\n{first}\n{line}\n")
-    where = f"{csv}:1" if message.startswith("the header") else f"{csv}:3"
+    where = f"{csv}:1" if message.startswith(("the header", "each")) else f"{csv}:3"
 
     with pytest.raises(local.LocalSourceError, match=re.escape(where)) as error:
         fetch(tmp_path, folder, csv=csv)

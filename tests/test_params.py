@@ -42,6 +42,16 @@ def test_repo_params_load(default_params):
     ({"index": {"cap_images_per_cell": 0}}, "index.cap_images_per_cell: 0 is below the minimum 1"),
     ({"split": {"block_resolution": 5}},
      "split.block_resolution (5) must be finer than index.finest_resolution (5)"),
+    ({"split": {"block_resolution": "coarse"}}, "split.block_resolution: expected int or auto"),
+    ({"index": {"max_images_per_cell": "many"}},
+     "index.max_images_per_cell: expected int or auto, got 'many'"),
+    ({"index": {"finest_resolution": 16}}, "index.finest_resolution: 16 is above the maximum"),
+    ({"batches": ["batch01", "cap ferret"]}, "batches: 'cap ferret': a batch name is letters"),
+    ({"fetch": {"local": {"folder": "data/photos", "csv": "data/photos.csv"}}},
+     "fetch.local.csv (data/photos.csv) must lie inside fetch.local.folder (data/photos)"),
+    ({"model": {"freeze_backbone": True}},
+     "model.freeze_backbone trains a head on the features of the features stage"),
+    ({"features": {"backbone": "cnn"}}, "features.backbone: 'cnn' is not one of"),
     ({"split": {"protocol": "random"}}, "split.protocol: 'random' is not one of sequence, spatial"),
 ])
 def test_bad_params_name_the_key(change, message):
@@ -49,6 +59,20 @@ def test_bad_params_name_the_key(change, message):
         parse_params(params_with(**change), source="params.yaml")
     assert message in str(info.value)
     assert str(info.value).startswith("params.yaml: ")
+
+
+def test_auto_follows_the_data_and_explicit_values_are_still_checked():
+    """Finer cells no longer clash with a block resolution that follows them; an explicit
+    block resolution is still checked against an explicit finest resolution."""
+    params = parse_params(params_with(index={"finest_resolution": 8}))
+    assert params.split.block_resolution == "auto" and params.index.finest_resolution == 8
+    params = parse_params(params_with(index={"finest_resolution": "auto",
+                                             "max_images_per_cell": "auto"},
+                                      split={"block_resolution": 6}))
+    assert params.index.max_images_per_cell == "auto" and params.split.block_resolution == 6
+    frozen = parse_params(params_with(model={"arch": "efficientnet_lite0", "pretrained": True,
+                                             "freeze_backbone": True}))
+    assert frozen.model.freeze_backbone
 
 
 def test_missing_key_is_named(tmp_path):
@@ -59,8 +83,8 @@ def test_missing_key_is_named(tmp_path):
 
 
 def test_optional_values_take_null_or_their_type():
-    params = parse_params(params_with(fetch={"local": {"csv": "photos.csv"}}))
-    assert params.fetch.local.csv == "photos.csv"
+    params = parse_params(params_with(fetch={"local": {"csv": "data/photos/photos.csv"}}))
+    assert params.fetch.local.csv == "data/photos/photos.csv"
     assert parse_params(params_with()).fetch.mapillary.start_date is None
     with pytest.raises(ParamsError, match="fetch.local.csv: expected str, got 3"):
         parse_params(params_with(fetch={"local": {"csv": 3}}))

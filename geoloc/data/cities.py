@@ -14,7 +14,9 @@ from geoloc.geo import pairwise_km
 
 CITIES_FILE = Path("data/cities.csv")
 COLUMNS = ["city", "lat", "lon", "radius_km", "batch"]
-BATCH_PATTERN = re.compile(r"^batch\d{2,}$")
+# Batch names become folder names (data/raw/<batch>) and DVC stage keys (fetch@<batch>).
+BATCH_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+BATCH_RULE = "a batch name is letters, digits, '_' and '-' (it names a folder and a DVC stage)"
 
 
 class CitiesError(GeolocError, ValueError):
@@ -83,5 +85,5 @@ def _parse_row(fields: list[str], where: str) -> dict:
             raise CitiesError(f"{where}: {name} {value} is outside [{low}, {high}]")
         row[name] = value
     if not BATCH_PATTERN.match(batch):
-        raise CitiesError(f"{where}: batch {batch!r} must look like batch01")
+        raise CitiesError(f"{where}: batch {batch!r}: {BATCH_RULE}")
     return row

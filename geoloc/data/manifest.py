@@ -26,6 +26,10 @@ SCHEMA = {
     "path": "string",
     "width": "int64",
     "height": "int64",
+    # Photos taken together at one place (the faces of a panorama, the cameras of a rig):
+    # sequence inference counts them as one frame. Null where no source says so; frames of one
+    # sequence with one capture time count as one place too.
+    "view_group": "string",
 }
 
 

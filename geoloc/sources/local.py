@@ -1,9 +1,10 @@
 """A folder of the user's own geotagged JPEGs, imported as one batch.
 
 A photo's position comes from its EXIF GPS tags or, for the photos a CSV lists (header
-``image,lat,lon`` plus optional ``sequence_id,captured_at``), from that CSV. A photo joins the
-nearest city of the batch whose radius holds it. Photos without a position, files that do not
-decode and photos outside every city of the batch are skipped, counted and reported.
+``image,lat,lon`` plus optional ``sequence_id,captured_at,creator,group``; other columns are
+ignored), from that CSV. A photo joins the nearest city of the batch whose radius holds it.
+Photos without a position, files that do not decode, CSV rows naming no file and photos outside
+every city of the batch are skipped, counted and named in one line per reason.
 
 The files are copied into the batch under a content id, so the same photo is the same image
 wherever it lives; the user's files are only read.
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 SOURCE = "local"
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 CSV_REQUIRED = ("image", "lat", "lon")
-CSV_OPTIONAL = ("sequence_id", "captured_at")
+CSV_OPTIONAL = ("sequence_id", "captured_at", "creator", "group")
 MAX_LISTED = 20                      # paths named in a warning; the rest are only counted
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 ROTATED = (5, 6, 7, 8)               # EXIF orientations shown turned by 90 degrees
@@ -49,6 +50,9 @@ ROTATED = (5, 6, 7, 8)               # EXIF orientations shown turned by 90 degr
 SKIP_REASONS = {
     "unreadable": "do not decode as JPEG images",
     "no_position": "have no usable GPS position (EXIF or CSV)",
+    "missing_file": "are listed in the CSV but are not in the folder",
+    "outside_cities": "lie outside every city circle of this batch in data/cities.csv (they "
+                      "may belong to another batch)",
 }
 
 
@@ -71,9 +75,12 @@ class _Listed:
     lon: float | None
     sequence_id: str | None
     captured_at: int | None
+    creator: str | None
+    group: str | None
 
 
-NOT_LISTED = _Listed(lat=None, lon=None, sequence_id=None, captured_at=None)
+NOT_LISTED = _Listed(lat=None, lon=None, sequence_id=None, captured_at=None, creator=None,
+                     group=None)
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ class _Photo:
     sequence_id: str
     compass_angle: float | None
     creator: str | None
+    view_group: str | None
     width: int
     height: int
 
@@ -94,8 +102,8 @@ def fetch(cities: pd.DataFrame, cfg: LocalParams, run: FetchRun) -> pd.DataFrame
     """Import the photos of cfg.folder that lie in a city of `cities` (the rows of one batch)
     into run.image_dir/<image_id>.jpg and return their manifest rows."""
     folder = _folder(cfg.folder)
-    listed = _read_csv(Path(cfg.csv), folder) if cfg.csv else {}
     skipped: dict[str, list[str]] = collections.defaultdict(list)
+    listed = _read_csv(Path(cfg.csv), folder, skipped) if cfg.csv else {}
     photos = _read_photos(folder, listed, skipped)
     cities_of = nearest_cities([p.lat for p in photos], [p.lon for p in photos], cities)
     rows = []
@@ -165,7 +173,8 @@ def _read_photo(path: Path, folder: Path, listed: _Listed) -> _Photo:
         sequence_id="local:" + _first(listed.sequence_id,
                                       path.parent.relative_to(folder).as_posix()),
         compass_angle=_compass(gps),
-        creator=_text(exif.get(Base.Artist)),
+        creator=_first(listed.creator, _text(exif.get(Base.Artist))),
+        view_group=None if listed.group is None else "local:" + listed.group,
         width=width,
         height=height,
     )
@@ -193,7 +202,7 @@ def _row(photo: _Photo, city: str, batch: str) -> dict:
         "captured_at": photo.captured_at, "sequence_id": photo.sequence_id,
         "compass_angle": photo.compass_angle, "creator": photo.creator, "source": SOURCE,
         "city": city, "batch": batch, "path": f"images/{photo.image_id}.jpg",
-        "width": photo.width, "height": photo.height,
+        "width": photo.width, "height": photo.height, "view_group": photo.view_group,
     }
 
 
@@ -275,24 +284,31 @@ def _first(*values):
 
 # ------------------------------------------------------------------------------------- CSV
 
-def _read_csv(path: Path, folder: Path) -> dict[str, _Listed]:
-    """The CSV's rows keyed by the photo's path relative to the folder."""
-    reader = csv.DictReader(io.StringIO(_csv_text(path), newline=""))
+def _read_csv(path: Path, folder: Path, skipped: dict[str, list[str]]) -> dict[str, _Listed]:
+    """The CSV's rows keyed by the photo's path relative to the folder; a row naming no file
+    is skipped (under "missing_file")."""
+    reader = csv.DictReader(io.StringIO(_csv_file_text(path), newline=""))
     _check_header(path, reader)
     listed: dict[str, _Listed] = {}
+    lines: dict[str, int] = {}
     try:
         for row in reader:
             where = f"{path}:{reader.line_num}"
             rel, info = _parse_row(row, folder, where)
-            if rel in listed:
-                raise LocalSourceError(f"{where}: {rel} is listed a second time")
-            listed[rel] = info
+            if rel in lines:
+                raise LocalSourceError(f"{where}: {rel} is listed a second time (first on line "
+                                       f"{lines[rel]})")
+            lines[rel] = reader.line_num
+            if (folder / rel).is_file():
+                listed[rel] = info
+            else:
+                skipped["missing_file"].append(f"{rel} (line {reader.line_num})")
     except csv.Error as exc:
         raise LocalSourceError(f"{path}:{reader.line_num}: {exc}") from None
     return listed
 
 
-def _csv_text(path: Path) -> str:
+def _csv_file_text(path: Path) -> str:
     if not path.is_file():
         raise LocalSourceError(
             f"fetch.local.csv: {str(path)!r} not found (looked for {path.absolute()}; relative "
@@ -308,11 +324,14 @@ def _csv_text(path: Path) -> str:
 def _check_header(path: Path, reader: csv.DictReader) -> None:
     reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
     missing = [c for c in CSV_REQUIRED if c not in reader.fieldnames]
-    unknown = [c for c in reader.fieldnames if c not in CSV_REQUIRED + CSV_OPTIONAL]
-    if missing or unknown or len(set(reader.fieldnames)) != len(reader.fieldnames):
+    if missing or len(set(reader.fieldnames)) != len(reader.fieldnames):
         raise LocalSourceError(
-            f"{path}:1: the header must be {','.join(CSV_REQUIRED)} with optional "
+            f"{path}:1: the header must have {','.join(CSV_REQUIRED)} and may have "
             f"{','.join(CSV_OPTIONAL)}, each once; got {','.join(reader.fieldnames) or 'nothing'}")
+    ignored = [c for c in reader.fieldnames if c not in CSV_REQUIRED + CSV_OPTIONAL]
+    if ignored:
+        log.info("%s: ignoring the columns %s (read: %s)", path, ", ".join(ignored),
+                 ", ".join(c for c in reader.fieldnames if c not in ignored))
 
 
 def _parse_row(row: dict, folder: Path, where: str) -> tuple[str, _Listed]:
@@ -321,9 +340,15 @@ def _parse_row(row: dict, folder: Path, where: str) -> tuple[str, _Listed]:
     return _listed_image(row["image"], folder, where), _Listed(
         lat=_csv_number(row["lat"], "lat", 90, where),
         lon=_csv_number(row["lon"], "lon", 180, where),
-        sequence_id=(row.get("sequence_id") or "").strip() or None,
+        sequence_id=_csv_text(row.get("sequence_id")),
         captured_at=_csv_time(row.get("captured_at"), where),
+        creator=_csv_text(row.get("creator")),
+        group=_csv_text(row.get("group")),
     )
+
+
+def _csv_text(text: str | None) -> str | None:
+    return (text or "").strip() or None
 
 
 def _listed_image(text: str | None, folder: Path, where: str) -> str:
@@ -334,8 +359,6 @@ def _listed_image(text: str | None, folder: Path, where: str) -> str:
         raise LocalSourceError(f"{where}: image {text!r} must be a path inside {folder}")
     if rel.suffix.lower() not in JPEG_SUFFIXES:
         raise LocalSourceError(f"{where}: image {text!r} is not a .jpg/.jpeg file")
-    if not (folder / rel).is_file():
-        raise LocalSourceError(f"{where}: image {text!r} does not exist in {folder}")
     return rel.as_posix()
 
 
@@ -380,9 +403,6 @@ def _report(folder: Path, rows: list[dict], skipped: dict[str, list[str]], run: 
             run.count(kind, len(paths))
     for kind, reason in SKIP_REASONS.items():
         _warn_paths(folder, skipped[kind], reason)
-    if skipped["outside_cities"]:
-        log.info("%d photos in %s lie outside every city of %s (they may belong to another "
-                 "batch)", len(skipped["outside_cities"]), folder, run.batch)
     if skipped["duplicate"]:
         log.info("%d files in %s repeat another photo's content and were kept once",
                  len(skipped["duplicate"]), folder)
