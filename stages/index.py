@@ -4,7 +4,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from geoloc.data.cells import build_index, data_stats, write_index
+from geoloc.data.cells import build_index, data_stats, resolve_index, write_index
 from geoloc.data.cities import load_cities
 from geoloc.data.manifest import read_batches
 from geoloc.data.plots import cell_histogram, coverage_map
@@ -25,16 +25,20 @@ def main() -> None:
 
     params = load_params()
     fetched = read_batches(Path(args.raw), params.batches)
-    images, cells, dropped = build_index(fetched, params.index)
+    cfg = resolve_index(params.index, fetched["lat"], fetched["lon"])
+    log.info("index limits: resolutions %d to %d, %d to %d images per cell",
+             cfg.coarsest_resolution, cfg.finest_resolution, cfg.min_images_per_cell,
+             cfg.max_images_per_cell)
+    images, cells, dropped = build_index(fetched, cfg)
     with atomic_dir(args.out) as tmp:
         write_index(images, cells, tmp)
-    write_json(data_stats(images, cells, dropped), args.metrics)
+    write_json(data_stats(images, cells, dropped, cfg), args.metrics)
     plots = Path(args.plots)
     plots.mkdir(parents=True, exist_ok=True)
     cities = load_cities()
     coverage_map(cells, cities[cities["city"].isin(images["city"])], plots / "coverage.png")
     cell_histogram(cells["n_images"], plots / "images_per_cell.png",
-                   params.index.min_images_per_cell, params.index.max_images_per_cell)
+                   cfg.min_images_per_cell, cfg.max_images_per_cell)
     log.info("%d images in %d cells", len(images), len(cells))
 
 

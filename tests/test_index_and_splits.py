@@ -12,7 +12,8 @@ from conftest import ROOT, params_with, tiny_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoloc.data.cells import build_index, data_stats, imbalance
+from geoloc.data.cells import build_index, data_stats, imbalance, resolve_index
+from geoloc.data.cities import load_cities
 from geoloc.data.splits import (
     PROTOCOLS,
     SPLITS,
@@ -80,10 +81,74 @@ def test_dense_places_get_finer_cells_and_sparse_ones_stay_coarse():
                  == h3.latlng_to_cell(48.85, 2.35, 4)]
     assert len(city) > 3 and city["resolution"].max() == 6
     assert (labelled[[f"cell_r{r}" for r in (4, 5, 6)]].notna()).all().all()
-    stats = data_stats(labelled, cells, dropped)
+    stats = data_stats(labelled, cells, dropped, cfg)
     assert stats["images_dropped_small_cells"] == dropped["small_cells"]
     assert stats["cells"] == len(cells)
     assert sum(stats["cells_per_resolution"].values()) == len(cells)
+
+
+AUTO = index_cfg(coarsest_resolution="auto", finest_resolution="auto",
+                 max_images_per_cell="auto", min_images_per_cell="auto")
+
+
+def positions(lat, lon) -> pd.DataFrame:
+    frame = cluster(len(lat), 0, 0, 0, seed=0)
+    return frame.assign(lat=lat, lon=lon)
+
+
+def test_auto_limits_give_a_region_tens_of_cells_and_france_hundreds(caplog):
+    """400 photos of a 20 km coast (100 panoramas of 4 faces: four photos per position) and
+    100k photos of the 50 cities: cells follow the count and the density."""
+    rng = np.random.default_rng(0)
+    spots_lat, spots_lon = 44.70 + rng.uniform(0, 0.18, 100), -1.25 + rng.uniform(0, 0.1, 100)
+    coast = positions(np.repeat(spots_lat, 4), np.repeat(spots_lon, 4))
+    cities = load_cities(ROOT / "data/cities.csv")
+    share = rng.multinomial(100_000, rng.dirichlet(np.ones(len(cities))))
+    france = positions(
+        np.concatenate([rng.normal(c.lat, c.radius_km / 222, n)
+                        for c, n in zip(cities.itertuples(), share, strict=True)]),
+        np.concatenate([rng.normal(c.lon, c.radius_km / 156, n)
+                        for c, n in zip(cities.itertuples(), share, strict=True)]))
+    found = {}
+    for name, images in (("coast", coast), ("france", france)):
+        cfg = resolve_index(AUTO, images["lat"], images["lon"])
+        labelled, cells, dropped = build_index(images, cfg)
+        found[name] = (cfg, cells, dropped)
+        assert cfg.coarsest_resolution <= cfg.finest_resolution
+        assert cells["n_images"].min() >= cfg.min_images_per_cell
+        assert dropped["small_cells"] <= 0.05 * len(images)
+    coast_cfg, coast_cells, _ = found["coast"]
+    assert (coast_cfg.max_images_per_cell, coast_cfg.min_images_per_cell) == (40, 10)
+    assert 10 <= len(coast_cells) < 100
+    france_cfg, france_cells, _ = found["france"]
+    assert 100 <= len(france_cells) < 1000
+    assert france_cfg.min_images_per_cell >= 150          # the roadmap's gate per cell
+    assert france_cfg.finest_resolution > coast_cfg.coarsest_resolution - 3
+    assert not [r for r in caplog.records if "stops them from splitting" in r.getMessage()]
+
+
+def test_a_cell_too_full_at_the_finest_resolution_is_named_in_a_warning(caplog):
+    """264 photos of one block with max_images_per_cell 100 and finest resolution 8 (the user's
+    report): one warning names the cell; auto finds finer cells that hold them."""
+    rng = np.random.default_rng(1)
+    block = positions(44.75 + rng.uniform(0, 0.004, 264), -1.2 + rng.uniform(0, 0.004, 264))
+    fixed = index_cfg(coarsest_resolution=4, finest_resolution=8, max_images_per_cell=100,
+                      min_images_per_cell=15)
+    _, cells, _ = build_index(block, fixed)
+    (warning,) = [r.getMessage() for r in caplog.records if "stops them" in r.getMessage()]
+    fullest = cells.sort_values("n_images").iloc[-1]
+    assert fullest["n_images"] > 100 and f"{fullest['cell']} ({fullest['n_images']} images)" \
+        in warning and "index.finest_resolution (8)" in warning
+    caplog.clear()
+    cfg = resolve_index(replace(fixed, finest_resolution="auto"), block["lat"], block["lon"])
+    _, cells, _ = build_index(block, cfg)
+    assert cfg.finest_resolution > 8 and cells["n_images"].max() <= 100
+    assert not [r for r in caplog.records if "stops them" in r.getMessage()]
+
+
+def test_build_index_refuses_unresolved_limits():
+    with pytest.raises(ValueError, match="resolve_index"):
+        build_index(cluster(10, 45.0, 5.0, 0.01, seed=0), AUTO)
 
 
 def test_a_small_cell_merges_into_its_parent():
@@ -306,6 +371,20 @@ def test_the_spatial_protocol_keeps_test_places_unseen():
         np.median(distances["spatial"]), rel=1e-6)
 
 
+def test_blocks_follow_the_finest_cell_unless_set():
+    """auto: one level finer than the finest cell, whatever the index chose; an explicit
+    resolution no finer than a cell is refused by the split, naming the finest cell."""
+    images, cells, _ = build_index(revisited_streets(), index_cfg(
+        coarsest_resolution=6, finest_resolution=8, max_images_per_cell=30,
+        min_images_per_cell=5))
+    finest = int(cells["resolution"].max())
+    _, _, audit = make_splits(images, cells, replace(SPLIT, protocol="spatial",
+                                                      block_resolution="auto"))
+    assert audit["block_resolution"] == finest + 1 and audit["shared_blocks"] == 0
+    with pytest.raises(GeolocError, match=f"finest cell of the index .resolution {finest}."):
+        make_splits(images, cells, replace(SPLIT, block_resolution=finest))
+
+
 @settings(max_examples=40, deadline=None)
 @given(manifests(), st.sampled_from(PROTOCOLS), st.booleans(), st.integers(0, 3))
 def test_no_split_shares_a_sequence_twin_group_or_spatial_block(images, protocol, one, seed):
@@ -340,7 +419,8 @@ def test_the_index_stage_refuses_bad_coordinates_and_writes_nothing(tmp_path):
     shutil.copy(ROOT / "data/cities.csv", tmp_path / "data/cities.csv")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_with(batches=["batch01"])))
     rows = fake_images(cities=1, sequences=2, frames=3).assign(
-        compass_angle=None, source="synthetic", path="images/x.jpg", width=64, height=48)
+        compass_angle=None, source="synthetic", path="images/x.jpg", width=64, height=48,
+        view_group=None)
     rows.loc[1, "lat"] = float("nan")
     rows.loc[2, "lon"] = 200.0
     rows.to_parquet(tmp_path / "data/raw/batch01/manifest.parquet")

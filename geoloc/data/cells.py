@@ -6,12 +6,21 @@ Cells adapt to photo density (PlaNet, OSV-5M; ../shared/reference/geolocation.md
 `min_images_per_cell` images is merged into its parent: the parent then stands for its area
 outside its kept children. What is still too small at the coarsest resolution is dropped.
 An image belongs to the finest kept cell among its ancestors.
+
+Any of the four limits may be `auto`, chosen from the photos (resolve_index): about 2 sqrt(N)
+images at most per cell and a quarter of that at least, so 400 photos of one coast make tens of
+cells and 100k photos of France hundreds; the finest resolution where no cell need hold more
+than that (capped at AUTO_FINEST, where cells are a few GPS errors wide), and the finest
+coarsest resolution that drops at most 1% of the photos (in cells too small to keep), at most
+four levels above the finest (a cell up to 7^4 times the area of the finest ones).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import math
 from pathlib import Path
 
 import h3
@@ -20,36 +29,99 @@ import pandas as pd
 
 from geoloc.errors import GeolocError
 from geoloc.geo import cell_center, cells_of
-from geoloc.params import IndexParams
+from geoloc.params import IndexParams, is_auto
 
 log = logging.getLogger(__name__)
 
 IMAGES_NAME = "images.parquet"
 CELLS_NAME = "cells.parquet"
+AUTO_FINEST = 11          # ~2,000 m2 cells, 28 m edges: finer would split GPS noise
+MAX_DROPPED = 0.01        # share of photos an auto coarsest resolution may drop ...
+AUTO_SPAN = 4             # ... when it is at most this many levels above the finest
+MAX_LISTED = 5            # cells named in a warning
+
+
+def resolve_index(cfg: IndexParams, lat, lon) -> IndexParams:
+    """`cfg` with every `auto` value chosen from the photos at (lat, lon)."""
+    n = len(lat)
+    max_images, min_images = cfg.max_images_per_cell, cfg.min_images_per_cell
+    if is_auto(max_images):
+        floor = 4 * min_images if not is_auto(min_images) else 8
+        max_images = max(math.ceil(2 * math.sqrt(n)), floor)
+    if is_auto(min_images):
+        min_images = max(2, math.ceil(max_images / 4))
+    coarsest, finest = cfg.coarsest_resolution, cfg.finest_resolution
+    if is_auto(coarsest) or is_auto(finest):
+        counts = _counts_at_every_resolution(lat, lon)
+        if is_auto(finest):
+            fits = [r for r, c in enumerate(counts) if c.max() <= max_images]
+            finest = min(fits[0] if fits else AUTO_FINEST, AUTO_FINEST)
+            finest = finest if is_auto(coarsest) else max(finest, coarsest)
+        if is_auto(coarsest):
+            # The finest roots that drop at most MAX_DROPPED of the photos (in cells too small
+            # to keep): coarser roots keep sparse photos in larger cells instead.
+            fine = pd.Series(cells_of(lat, lon, finest)).value_counts()
+            limits = dataclasses.replace(cfg, finest_resolution=finest,
+                                         max_images_per_cell=max_images,
+                                         min_images_per_cell=min_images)
+            lowest = max(finest - AUTO_SPAN, 0)
+            coarsest = next((r for r in range(finest, lowest, -1) if _grow_cells(
+                fine, dataclasses.replace(limits, coarsest_resolution=r))[2]
+                <= MAX_DROPPED * n), lowest)
+    resolved = dataclasses.replace(cfg, coarsest_resolution=coarsest, finest_resolution=finest,
+                                   max_images_per_cell=max_images, min_images_per_cell=min_images)
+    resolved.check("index")
+    return resolved
+
+
+def _counts_at_every_resolution(lat, lon) -> list[np.ndarray]:
+    """Images per occupied cell at each resolution 0..AUTO_FINEST."""
+    fine = pd.Series(cells_of(lat, lon, AUTO_FINEST)).value_counts()
+    return [fine.groupby(fine.index.map(lambda c, r=r: h3.cell_to_parent(c, r))).sum().to_numpy()
+            for r in range(AUTO_FINEST + 1)]
 
 
 def adaptive_cells(fine_counts: pd.Series, cfg: IndexParams) -> list[str]:
     """The kept cells, sorted, from the number of images in each cell at the finest
     resolution."""
+    kept, stopped, _ = _grow_cells(fine_counts, cfg)
+    if stopped:
+        log.warning("%d cells hold more than index.max_images_per_cell (%d) images because "
+                    "index.finest_resolution (%d) stops them from splitting: %s; raise "
+                    "finest_resolution (or set it to auto) unless their photos were taken at "
+                    "one spot", len(stopped), cfg.max_images_per_cell, cfg.finest_resolution,
+                    ", ".join(f"{c} ({n} images)" for c, n in stopped[:MAX_LISTED]))
+    return kept
+
+
+def _grow_cells(fine_counts: pd.Series, cfg: IndexParams,
+                ) -> tuple[list[str], list[tuple[str, int]], int]:
+    """(kept cells sorted, the (cell, images) too full but at the finest resolution, fullest
+    first, the number of images dropped)."""
     counts = _counts_per_resolution(fine_counts, cfg)
     kept: list[str] = []
+    stopped: list[str] = []
 
     def grow(cell: str) -> int:
         """Keep cells under `cell`; return how many of its images no kept cell holds."""
         rest = counts[cell]
-        if rest > cfg.max_images_per_cell and h3.get_resolution(cell) < cfg.finest_resolution:
-            rest = 0
-            for child in sorted(h3.cell_to_children(cell)):
-                if child in counts:
-                    rest += grow(child)
+        if rest > cfg.max_images_per_cell:
+            if h3.get_resolution(cell) == cfg.finest_resolution:
+                stopped.append(cell)
+            else:
+                rest = 0
+                for child in sorted(h3.cell_to_children(cell)):
+                    if child in counts:
+                        rest += grow(child)
         if rest >= cfg.min_images_per_cell:
             kept.append(cell)
             return 0
         return rest
 
-    for root in sorted(c for c in counts if h3.get_resolution(c) == cfg.coarsest_resolution):
-        grow(root)  # what is left over at a root is dropped
-    return sorted(kept)
+    roots = sorted(c for c in counts if h3.get_resolution(c) == cfg.coarsest_resolution)
+    dropped = sum(grow(root) for root in roots)   # what is left over at a root
+    full = sorted(((c, counts[c]) for c in stopped), key=lambda item: (-item[1], item[0]))
+    return sorted(kept), full, dropped
 
 
 def _counts_per_resolution(fine_counts: pd.Series, cfg: IndexParams) -> dict[str, int]:
@@ -95,8 +167,11 @@ def build_index(images: pd.DataFrame, cfg: IndexParams,
     number of images dropped for each reason), sorted; labels are 0..K-1 in cell-id order.
     The cell table holds `label`, `cell`, `resolution`, `center_lat`, `center_lon`,
     `n_images`, `parents` (the cell ids at every coarser resolution, coarsest first) and
-    `neighbours` (the labels of the cells it touches).
+    `neighbours` (the labels of the cells it touches). `cfg` has no `auto` left: see
+    resolve_index.
     """
+    if any(is_auto(v) for v in dataclasses.astuple(cfg)):
+        raise ValueError(f"build_index needs resolved limits (resolve_index), got {cfg}")
     resolutions = range(cfg.coarsest_resolution, cfg.finest_resolution + 1)
     fine = pd.Series(cells_of(images["lat"], images["lon"], cfg.finest_resolution),
                      index=images.index)
@@ -179,10 +254,13 @@ def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
-def data_stats(images: pd.DataFrame, cells: pd.DataFrame, dropped: dict[str, int]) -> dict:
-    """Dataset size and balance, for metrics/data.json."""
+def data_stats(images: pd.DataFrame, cells: pd.DataFrame, dropped: dict[str, int],
+               cfg: IndexParams) -> dict:
+    """Dataset size and balance, and the index limits used (auto ones resolved), for
+    metrics/data.json."""
     per_cell = cells["n_images"]
     return {
+        "index": dataclasses.asdict(cfg),
         "images": len(images),
         "images_dropped_small_cells": dropped["small_cells"],
         "images_dropped_cap": dropped["cap"],

@@ -17,11 +17,12 @@ import pandas as pd
 from geoloc.data.cells import stable_hash
 from geoloc.errors import GeolocError
 from geoloc.geo import cells_of, haversine_km, nearest_km
-from geoloc.params import SplitParams
+from geoloc.params import SplitParams, is_auto
 
 SPLITS = ("train", "val", "test")
 PROTOCOLS = ("sequence", "spatial")
 CELLS_NAME = "cells.parquet"
+MAX_RESOLUTION = 15   # H3's finest
 
 
 def twin_groups(images: pd.DataFrame, max_gap_s: float, max_gap_m: float) -> pd.Series:
@@ -111,9 +112,10 @@ def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
     mean position of its training images; a cell with none keeps its hexagon centre, which
     uses no data and so cannot leak.
     """
+    block_resolution = resolve_block_resolution(cfg.block_resolution, cells)
     groups = twin_groups(images, cfg.twin_max_gap_s, cfg.twin_max_gap_m)
     group = images["sequence_id"].map(groups)
-    blocks = blocks_of(images, cfg.block_resolution)
+    blocks = blocks_of(images, block_resolution)
     units = group if cfg.protocol == "sequence" else home_blocks(group, blocks)
     split = assign_units(images, units, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     dropped = {reason: dict.fromkeys(SPLITS, 0) for reason in
@@ -138,10 +140,24 @@ def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
     split = split[keep]
     frames = {name: images.loc[split.index[split == name]].sort_values("image_id")
               .reset_index(drop=True) for name in SPLITS}
-    audit = split_audit(frames, groups, cfg.block_resolution)
+    audit = split_audit(frames, groups, block_resolution)
     audit["images_dropped"] = dropped
+    audit["block_resolution"] = block_resolution
     audit["cells_without_train_images"] = int((cells["n_train"] == 0).sum())
     return frames, cells, audit
+
+
+def resolve_block_resolution(value: int | str, cells: pd.DataFrame) -> int:
+    """split.block_resolution, `auto` being one level finer than the finest cell; an explicit
+    value no finer than the finest cell is refused: such a block could hold a whole cell and
+    send it to val or test with no train image."""
+    finest = int(cells["resolution"].max())
+    if is_auto(value):
+        return min(finest + 1, MAX_RESOLUTION)
+    if value <= finest:
+        raise GeolocError(f"split.block_resolution ({value}) must be finer than the finest cell "
+                          f"of the index (resolution {finest}): set it to auto or above {finest}")
+    return value
 
 
 def block_splits(blocks: pd.Series, units: pd.Series, split: pd.Series) -> pd.Series:
