@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from geoloc.errors import GeolocError
+from geoloc.exif import photo_time
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError)
@@ -27,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--top-k", type=int, default=5)
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("--sequence", action="store_true",
-                         help="the photos are frames of one drive: one combined prediction")
+                         help="the photos are frames of one drive: one combined prediction "
+                              "(photos with one EXIF capture time are views of one place and "
+                              "count as one frame)")
     purge = commands.add_parser(
         "purge", help="free the disk taken by raw JPEGs of batches already in the resize cache",
         description="Lists (dry run, the default) or deletes the raw JPEGs of batches whose "
@@ -62,10 +65,11 @@ def _predict(args) -> int:
         raise GeolocError("--top-k must be at least 1")
     predictor = Predictor(args.model)
     paths = _image_paths(args.paths)
-    if not args.json:
-        print(f"{'path':40} {'lat':>9} {'lon':>9} {'cell':16} {'confidence':>10}  top-k")
+    names = [f"sequence of {len(paths)} photos"] if args.sequence else [str(p) for p in paths]
+    table = _Table(max(map(len, ["path", *names])), args.json)
+    table.header()
     if args.sequence:
-        return _predict_sequence(predictor, paths, args)
+        return _predict_sequence(predictor, paths, args, table)
     failed = 0
     for path in paths:
         try:
@@ -75,12 +79,13 @@ def _predict(args) -> int:
             print(f"geoloc: cannot read {path}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        _print_prediction(str(path), prediction, args.json)
+        table.row(str(path), prediction)
     return 1 if failed else 0
 
 
-def _predict_sequence(predictor, paths: list[Path], args) -> int:
-    """One prediction from every readable photo; the unreadable ones are named and skipped."""
+def _predict_sequence(predictor, paths: list[Path], args, table: _Table) -> int:
+    """One prediction from every readable photo; the unreadable ones are named and skipped.
+    Photos taken at one moment (EXIF DateTimeOriginal) are views of one place."""
     readable = []
     for path in paths:
         try:
@@ -94,18 +99,31 @@ def _predict_sequence(predictor, paths: list[Path], args) -> int:
     # Open together so the predictor decodes each at its input size (JPEG draft mode).
     with contextlib.ExitStack() as stack:
         images = [stack.enter_context(Image.open(path)) for path in readable]
-        prediction = predictor.predict_sequence(images, args.top_k)
-    _print_prediction(f"sequence of {len(readable)} photos", prediction, args.json)
+        prediction = predictor.predict_sequence(images, args.top_k,
+                                                [photo_time(image) for image in images])
+    table.row(f"sequence of {len(readable)} photos", prediction)
     return 1 if len(readable) < len(paths) else 0
 
 
-def _print_prediction(name: str, prediction, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps({"path": name, **prediction.__dict__}))
-        return
-    top = " ".join(f"{t['cell']}:{t['probability']:.2f}" for t in prediction.top)
-    print(f"{name:40} {prediction.lat:9.5f} {prediction.lon:9.5f} {prediction.cell:16} "
-          f"{prediction.confidence:10.3f}  {top}")
+class _Table:
+    """The predictions as aligned columns (the path column as wide as the longest path), or
+    as JSON lines."""
+
+    def __init__(self, path_width: int, as_json: bool):
+        self.width, self.as_json = path_width, as_json
+
+    def header(self) -> None:
+        if not self.as_json:
+            print(f"{'path':{self.width}} {'lat':>9} {'lon':>9} {'cell':16} {'confidence':>10}"
+                  f"  top-k")
+
+    def row(self, name: str, prediction) -> None:
+        if self.as_json:
+            print(json.dumps({"path": name, **prediction.__dict__}))
+            return
+        top = " ".join(f"{t['cell']}:{t['probability']:.2f}" for t in prediction.top)
+        print(f"{name:{self.width}} {prediction.lat:9.5f} {prediction.lon:9.5f} "
+              f"{prediction.cell:16} {prediction.confidence:10.3f}  {top}")
 
 
 def _purge(args) -> int:

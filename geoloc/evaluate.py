@@ -17,7 +17,7 @@ from geoloc.inference import (
     fit_temperature,
     log_softmax,
     mode_points,
-    predict_outputs,
+    sequence_evidence,
 )
 from geoloc.metrics import (
     bootstrap_median_ci,
@@ -27,6 +27,7 @@ from geoloc.metrics import (
     sequence_median_km,
     topk_accuracy,
 )
+from geoloc.models.outputs import predict_outputs
 from geoloc.params import EvaluateParams
 
 CONFUSION_CELLS = 10   # the confusion plot shows the test's most frequent cells, the rest as one
@@ -54,10 +55,10 @@ def evaluate(model, test: CachedSplit, cells: pd.DataFrame, cfg: EvaluateParams,
     if cfg.mode not in modes:
         raise GeolocError(f"evaluate.mode: {cfg.mode!r} is not available for this model; "
                           f"available: {', '.join(modes)} (all modes: {', '.join(MODES)})")
-    temperature = 1.0
+    temperature, sequence_temperature = 1.0, 1.0
     if cfg.calibrate and val is not None and len(val.rows):
         val_logits, _ = predict_outputs(model, val.images, val.rows["cache_row"])
-        temperature = fit_temperature(val_logits, val.rows["label"].to_numpy())
+        temperature, sequence_temperature = fit_temperatures(val_logits, val.rows)
     log_probs = log_softmax(logits / temperature)
     guesses = {mode: mode_points(mode, log_probs, offsets, cells, rows, cfg.top_k)
                for mode in modes}
@@ -69,6 +70,11 @@ def evaluate(model, test: CachedSplit, cells: pd.DataFrame, cfg: EvaluateParams,
     calibration = calibration_table(predictions["confidence"],
                                     predictions["pred_label"] == labels,
                                     errors["argmax"])
+    sequence_probs = np.exp(log_softmax(
+        sequence_evidence(log_probs, rows, online=False) / sequence_temperature))
+    sequence_calibration = calibration_table(sequence_probs.max(axis=1),
+                                             sequence_probs.argmax(axis=1) == labels,
+                                             errors["sequence"])
     mode_figures = {mode: figures(errors[mode], guesses[mode][0], rows, cfg.bootstrap_samples)
                     for mode in modes}
     metrics = {
@@ -78,6 +84,8 @@ def evaluate(model, test: CachedSplit, cells: pd.DataFrame, cfg: EvaluateParams,
         f"top{cfg.top_k}_accuracy": topk_accuracy(logits, labels, cfg.top_k),
         "temperature": temperature,
         "expected_calibration_error": expected_calibration_error(calibration),
+        "sequence_temperature": sequence_temperature,
+        "sequence_expected_calibration_error": expected_calibration_error(sequence_calibration),
         **mode_figures[cfg.mode],
         **reference_medians(rows, cells),
     }
@@ -87,6 +95,16 @@ def evaluate(model, test: CachedSplit, cells: pd.DataFrame, cfg: EvaluateParams,
          **reference_medians(group, cells)}
         for city, group in rows.groupby("city", sort=True)])
     return Evaluation(metrics, mode_figures, predictions, by_city, calibration)
+
+
+def fit_temperatures(val_logits: np.ndarray, val_rows: pd.DataFrame) -> tuple[float, float]:
+    """(the photo temperature, the sequence temperature), fitted on the validation split: the
+    second rescales a sequence's summed evidence, computed from photo probabilities already
+    rescaled by the first."""
+    labels = val_rows["label"].to_numpy()
+    temperature = fit_temperature(val_logits, labels)
+    evidence = sequence_evidence(log_softmax(val_logits / temperature), val_rows, online=False)
+    return temperature, fit_temperature(evidence, labels)
 
 
 def figures(errors_km: np.ndarray, labels: np.ndarray, rows: pd.DataFrame,

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pandas as pd
 import torch
 
-from geoloc.inference import predict_logits
+from geoloc.models.outputs import predict_logits
 from geoloc.predictor import CELLS_NAME, MODEL_NAME, SPEC_NAME
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,10 @@ LATENCY_SECONDS = 1.0   # per runtime and batch size, after a warm-up
 
 def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
                  check_images: np.ndarray, out_dir: Path, opset: int,
-                 temperature: float = 1.0) -> dict:
+                 temperature: float = 1.0, sequence_temperature: float = 1.0) -> dict:
     """Write model.ts, model.onnx, cells.json and model.json (the preprocessing spec) into
-    out_dir; return sizes and parity. `temperature` (fitted by the evaluate stage) is what the
-    predictor divides the logits by before the softmax."""
+    out_dir; return sizes and parity. The temperatures (fitted by the evaluate stage) are what
+    the predictor divides the logits, and a sequence's summed evidence, by before a softmax."""
     model.eval()
     example = torch.from_numpy(np.array(check_images[:2]))
     with torch.no_grad(), _torchscript_deprecation_quiet():
@@ -45,7 +45,7 @@ def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
     _strip_stack_traces(out_dir / MODEL_NAME)
     write_cells(cells, out_dir / CELLS_NAME)
     spec = {"image_size": image_size, "num_classes": len(cells), "opset": opset,
-            "temperature": temperature,
+            "temperature": temperature, "sequence_temperature": sequence_temperature,
             "input": "images: uint8, N x size x size x 3, RGB",
             "preprocess": "EXIF orientation applied, shorter side resized to image_size "
                           "(bicubic), centre crop; the model normalises its input itself",

@@ -10,50 +10,23 @@ them all; ../shared/reference/geolocation.md says where each comes from):
   summed probabilities), then the likeliest cell inside it;
 - hybrid: the argmax cell's point moved by the hybrid head's offset for that cell;
 - sequence: every frame of a sequence gets the argmax of the sequence's summed
-  log-probabilities; sequence_online sums only the frames captured up to this one.
+  log-probabilities; sequence_online sums only the frames captured up to this one. Photos of
+  one place (a panorama's faces, a rig's cameras: one view group, or one sequence and one
+  capture time) count as one frame: their log-probabilities are averaged first.
+
+No torch here: the predictor of an exported snapshot runs these same functions.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from geoloc.data.cells import hierarchy_levels
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km, mean_point, shift_km
 
 MODES = ("argmax", "topk", "topk_mean", "hierarchical", "hybrid", "sequence", "sequence_online")
-
-
-@torch.no_grad()
-def predict_outputs(model: torch.nn.Module, images: np.ndarray, positions=None, *,
-                    device=None, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
-    """(logits N x K, offsets N x K x 2 in km or None) for uint8 images (N x S x S x 3), or
-    for those at `positions` only, in batches so memory stays bounded."""
-    model.eval()
-    positions = np.arange(len(images)) if positions is None else np.asarray(positions)
-    logits, offsets = [], []
-    for start in range(0, len(positions), batch_size):
-        # Indexing with an array copies the batch out of the read-only memory map, which
-        # torch could not wrap.
-        batch = torch.from_numpy(images[positions[start:start + batch_size]])
-        if device is not None:
-            batch = batch.to(device)
-        # An exported (TorchScript) model has `forward` only: logits, no offsets.
-        forward_train = getattr(model, "forward_train", None)
-        out_logits, out_offsets = (forward_train(batch) if forward_train is not None
-                                   else (model(batch), None))
-        logits.append(out_logits.float().cpu().numpy())
-        if out_offsets is not None:
-            offsets.append(out_offsets.float().cpu().numpy())
-    if not logits:
-        return np.zeros((0, 0), dtype=np.float32), None
-    return np.concatenate(logits), np.concatenate(offsets) if offsets else None
-
-
-def predict_logits(model: torch.nn.Module, images: np.ndarray, positions=None) -> np.ndarray:
-    return predict_outputs(model, images, positions)[0]
 
 
 def errors_km(logits: np.ndarray, offsets: np.ndarray | None, cells: pd.DataFrame,
@@ -74,14 +47,15 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T that minimises the negative log-likelihood of softmax(logits / T) on
     held-out rows (Guo et al. 2017): label smoothing and dropout leave a classifier under-
     confident, and the modes that weigh several cells need probabilities that mean what they
-    say. A search over log T (the NLL is convex in 1/T), to 0.1 % in T."""
+    say; a sequence's summed evidence is over-confident, its frames being far from
+    independent. A search over log T (the NLL is convex in 1/T), to 0.1 % in T."""
     labels = np.asarray(labels)
 
     def nll(log_t: float) -> float:
         scaled = log_softmax(logits / np.exp(log_t))
         return -float(scaled[np.arange(len(labels)), labels].mean())
 
-    low, high = np.log(0.05), np.log(20.0)
+    low, high = np.log(0.01), np.log(1000.0)
     golden = (np.sqrt(5) - 1) / 2
     while high - low > 1e-3:
         a, b = high - golden * (high - low), low + golden * (high - low)
@@ -156,21 +130,41 @@ def hierarchical_labels(log_probs: np.ndarray, cells: pd.DataFrame) -> np.ndarra
 
 
 def sequence_labels(log_probs: np.ndarray, rows: pd.DataFrame, *, online: bool) -> np.ndarray:
-    """Each frame's label from the summed log-probabilities of its sequence's frames: all of
-    them, or (online) those captured no later than it, as a live client would have them."""
+    """Each frame's label: the argmax of its sequence's evidence (sequence_evidence)."""
+    return sequence_evidence(log_probs, rows, online=online).argmax(axis=1)
+
+
+def sequence_evidence(log_probs: np.ndarray, rows: pd.DataFrame, *, online: bool) -> np.ndarray:
+    """For each frame, the summed log-probabilities of its sequence's places (N x K): all of
+    them, or (online) those captured no later than its own, as a live client has them. The
+    photos of one place (view_places) count as one frame: their log-probabilities are averaged
+    first, so four faces of a panorama weigh what one photo does."""
     # A photo without a sequence (a local folder's) is a sequence of its own.
     sequence = rows["sequence_id"].fillna(rows["image_id"]).to_numpy()
-    frames = pd.DataFrame({"sequence": sequence,
-                           "time": rows["captured_at"].to_numpy(),
-                           "id": rows["image_id"].to_numpy(),
-                           "row": np.arange(len(rows))})
-    frames = frames.sort_values(["sequence", "time", "id"], kind="stable")
-    order = frames["row"].to_numpy()
-    scores = pd.DataFrame(log_probs[order]).groupby(frames["sequence"].to_numpy(), sort=False)
-    summed = (scores.cumsum() if online else scores.transform("sum")).to_numpy()
-    labels = np.empty(len(rows), dtype=np.int64)
-    labels[order] = summed.argmax(axis=1)
-    return labels
+    place = view_places(rows)
+    per_place = pd.DataFrame(log_probs).groupby(place, sort=False).mean()
+    frames = pd.DataFrame({"place": place, "sequence": sequence,
+                           "time": rows["captured_at"].to_numpy()})
+    meta = frames.groupby("place", sort=False).agg(sequence=("sequence", "first"),
+                                                   time=("time", "min"))
+    meta = meta.loc[per_place.index].reset_index().sort_values(["sequence", "time", "place"],
+                                                                kind="stable")
+    scores = per_place.loc[meta["place"]].groupby(meta["sequence"].to_numpy(), sort=False)
+    summed = (scores.cumsum() if online else scores.transform("sum"))
+    summed.index = meta["place"].to_numpy()
+    return summed.loc[place].to_numpy()
+
+
+def view_places(rows: pd.DataFrame) -> np.ndarray:
+    """A key per place a photo was taken from: its view group where a source gave one, else
+    its sequence and capture time where the time is known (> 0), else the photo itself. The
+    position is never used: it is what is being predicted."""
+    sequence = rows["sequence_id"].fillna(rows["image_id"]).astype(str)
+    time = rows["captured_at"].astype("int64")
+    own = "photo:" + rows["image_id"].astype(str)
+    moment = ("moment:" + sequence + "@" + time.astype(str)).where(time > 0, own)
+    group = rows["view_group"] if "view_group" in rows else pd.Series(pd.NA, index=rows.index)
+    return ("group:" + group.astype("string")).fillna(moment).to_numpy(dtype=object)
 
 
 def _top(log_probs: np.ndarray, k: int) -> np.ndarray:

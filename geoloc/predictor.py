@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 from PIL import Image
 
 from geoloc.data.preprocess import to_square
 from geoloc.errors import GeolocError
+from geoloc.inference import sequence_evidence
 
 MODEL_NAME = "model.onnx"
 CELLS_NAME = "cells.json"
@@ -43,12 +45,18 @@ class Predictor:
         """One prediction per photo."""
         return [self._prediction(np.exp(row), top_k) for row in self.log_probs(images)]
 
-    def predict_sequence(self, images: list[Image.Image], top_k: int = 5) -> Prediction:
-        """One prediction for photos of one drive: the cell whose summed log-probability over
-        the frames is highest (the evaluate stage's `sequence` mode), with the frames' joint
-        probabilities (normalised product) as confidence and top-k."""
-        joint = self.log_probs(images).sum(axis=0)
-        return self._prediction(np.exp(joint - np.logaddexp.reduce(joint)), top_k)
+    def predict_sequence(self, images: list[Image.Image], top_k: int = 5,
+                         captured_at: list[int | None] | None = None) -> Prediction:
+        """One prediction for photos of one drive: the cell with the most evidence, the
+        log-probabilities summed over its places (the evaluate stage's `sequence` mode); photos
+        with one capture time (ms) are views of one place and count as one frame. Confidence
+        and top-k are the evidence's probabilities under the sequence temperature."""
+        times = [t or 0 for t in (captured_at or [None] * len(images))]
+        rows = pd.DataFrame({"image_id": [str(i) for i in range(len(images))],
+                             "sequence_id": "query", "captured_at": times})
+        evidence = sequence_evidence(self.log_probs(images), rows, online=False)[0]
+        scaled = evidence / self.spec.get("sequence_temperature", 1.0)
+        return self._prediction(np.exp(scaled - np.logaddexp.reduce(scaled)), top_k)
 
     def log_probs(self, images: list[Image.Image]) -> np.ndarray:
         """N x K log-probabilities, the logits divided by the snapshot's temperature."""

@@ -29,10 +29,11 @@ from geoloc.data.augment import BatchAugment
 from geoloc.data.cache import CachedSplit, ids_digest
 from geoloc.data.loader import cache_loader
 from geoloc.errors import GeolocError
-from geoloc.inference import errors_km, predict_outputs
+from geoloc.inference import errors_km
 from geoloc.io import atomic_path
 from geoloc.losses import build_loss
 from geoloc.models import GeoNet
+from geoloc.models.outputs import predict_outputs
 from geoloc.params import LossParams, TrainParams
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,8 @@ def main() -> None:
     data = json.loads(Path(args.data).read_text())
     with atomic_dir(args.out) as tmp:
         figures = export_model(model, cells, size, check, tmp, opset,
-                               evaluation.get("temperature", 1.0))
+                               evaluation.get("temperature", 1.0),
+                               evaluation.get("sequence_temperature", 1.0))
         write_json(checkpoint["params"], tmp / "params.json")
         write_json({"evaluate": evaluation, "export": figures}, tmp / "metrics.json")
         (tmp / "MODEL_CARD.md").write_text(model_card(checkpoint["params"], evaluation, data,

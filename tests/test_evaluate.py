@@ -12,7 +12,7 @@ from conftest import tiny_params
 from geoloc import geo, inference, metrics
 from geoloc.data.cache import CachedSplit
 from geoloc.errors import GeolocError
-from geoloc.evaluate import confusion_table, evaluate, extremes
+from geoloc.evaluate import confusion_table, evaluate, extremes, fit_temperatures
 from geoloc.models import build_model
 
 PARAMS = tiny_params()
@@ -78,6 +78,34 @@ def test_sequence_modes_sum_the_frames_log_probabilities():
     assert full.tolist() == [1, 2, 1, 1]
     # Online, the first frame (c, t=1) has only itself; by t=2 cell 1 leads.
     assert online.tolist() == [1, 2, 0, 1]
+
+
+def test_views_of_one_place_count_as_one_frame():
+    """A panorama's four faces (one sequence, one capture time) weakly for cell 0 and a single
+    photo of the next place strongly for cell 1: summed as five frames, the faces outvote it
+    (what `geoloc predict --sequence` did); averaged into one place first, they do not."""
+    cells = cell_table([PARIS, MARSEILLE])
+    rows = pd.DataFrame({"sequence_id": ["s"] * 5, "captured_at": [7, 7, 7, 7, 9],
+                         "image_id": list("abcde")})
+    log_probs = logs(*[[0.6, 0.4]] * 4, [0.2, 0.8])
+    assert log_probs.sum(axis=0).argmax() == 0
+    full, _, _ = inference.mode_points("sequence", log_probs, None, cells, rows, 5)
+    assert full.tolist() == [1] * 5
+    evidence = inference.sequence_evidence(log_probs, rows, online=False)
+    assert evidence[0] == pytest.approx(np.log([0.6 * 0.2, 0.4 * 0.8]))
+    # Online: the faces (t=7) have only their own place; the last photo both places.
+    online, _, _ = inference.mode_points("sequence_online", log_probs, None, cells, rows, 5)
+    assert online.tolist() == [0, 0, 0, 0, 1]
+    # A view group says so even when the times differ (a rig's cameras a few ms apart); with
+    # no time (0) and no group, each photo is a place of its own.
+    grouped = rows.assign(captured_at=[7, 8, 9, 10, 11], view_group=["p", "p", "p", "p", None])
+    assert inference.mode_points("sequence", log_probs, None, cells, grouped, 5)[0].tolist() \
+        == [1] * 5
+    untimed = rows.assign(captured_at=0)
+    assert inference.mode_points("sequence", log_probs, None, cells, untimed, 5)[0].tolist() \
+        == [0] * 5
+    assert len(set(inference.view_places(untimed))) == 5
+    assert len(set(inference.view_places(rows))) == 2
 
 
 def test_unknown_and_unavailable_modes_are_named():
@@ -151,9 +179,11 @@ def test_reference_answers_and_modes_of_a_model_on_a_test_split():
                   calibrate=True)
     result = evaluate(model, test, cells, cfg, val=split(cells, n=12))
     figures = result.metrics
-    assert figures["temperature"] != 1.0
+    assert figures["temperature"] != 1.0 and figures["sequence_temperature"] != 1.0
+    assert 0 <= figures["sequence_expected_calibration_error"] <= 1
     uncalibrated = evaluate(model, test, cells, replace(cfg, calibrate=False))
-    assert uncalibrated.metrics["temperature"] == 1.0
+    assert uncalibrated.metrics["temperature"] == 1.0 == uncalibrated.metrics[
+        "sequence_temperature"]
     assert uncalibrated.modes["argmax"] == result.modes["argmax"]
     assert set(result.modes) == {"argmax", "topk", "topk_mean", "hierarchical",
                                      "sequence", "sequence_online"}
@@ -213,6 +243,22 @@ def split(cells: pd.DataFrame, n: int) -> CachedSplit:
         "label": labels, "lat": cells["lat"].to_numpy()[labels] + 0.01,
         "lon": cells["lon"].to_numpy()[labels], "cache_row": np.arange(n)})
     return CachedSplit(rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8), rows)
+
+
+def test_the_sequence_temperature_undoes_the_evidence_of_repeated_frames():
+    """Sequences of 8 frames that repeat one photo (calibrated on its own): their summed
+    evidence is 8 times too sure, and the sequence temperature fitted on val says so."""
+    rng = np.random.default_rng(4)
+    photos = rng.normal(0, 2, (2_000, 6))
+    labels = (np.exp(inference.log_softmax(photos)).cumsum(axis=1)
+              < rng.random((len(photos), 1))).sum(axis=1)
+    rows = pd.DataFrame({"image_id": [f"i{i}" for i in range(8 * len(photos))],
+                         "sequence_id": np.repeat(np.arange(len(photos)), 8).astype(str),
+                         "captured_at": np.tile(np.arange(1, 9), len(photos)),
+                         "label": np.repeat(labels, 8)})
+    temperature, sequence_temperature = fit_temperatures(np.repeat(photos, 8, axis=0), rows)
+    assert temperature == pytest.approx(1.0, rel=0.05)
+    assert sequence_temperature == pytest.approx(8.0, rel=0.05)
 
 
 def test_temperature_scaling_recovers_the_temperature_that_drew_the_labels():

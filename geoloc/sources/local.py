@@ -25,14 +25,14 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from PIL import Image
-from PIL.ExifTags import GPS, IFD, Base
+from PIL.ExifTags import IFD, Base
 
 from geoloc.data.cities import nearest_cities
 from geoloc.data.manifest import SCHEMA, conform
 from geoloc.errors import GeolocError
+from geoloc.exif import capture_time, compass, gps_position, ms, text
 from geoloc.io import atomic_path
 from geoloc.params import LocalParams
 from geoloc.sources.run import FetchRun
@@ -44,7 +44,6 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 CSV_REQUIRED = ("image", "lat", "lon")
 CSV_OPTIONAL = ("sequence_id", "captured_at", "creator", "group")
 MAX_LISTED = 20                      # paths named in a warning; the rest are only counted
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 ROTATED = (5, 6, 7, 8)               # EXIF orientations shown turned by 90 degrees
 
 SKIP_REASONS = {
@@ -156,7 +155,7 @@ def _read_photos(folder: Path, listed: dict[str, _Listed],
 def _read_photo(path: Path, folder: Path, listed: _Listed) -> _Photo:
     data = path.read_bytes()
     exif, gps, details, (width, height) = _decode(data)
-    position = (listed.lat, listed.lon) if listed.lat is not None else _gps_position(gps)
+    position = (listed.lat, listed.lon) if listed.lat is not None else gps_position(gps)
     if position is None:
         raise _Skip("no_position")
     if exif.get(Base.Orientation) in ROTATED:
@@ -166,14 +165,14 @@ def _read_photo(path: Path, folder: Path, listed: _Listed) -> _Photo:
         image_id=hashlib.sha256(data).hexdigest()[:16],
         lat=position[0],
         lon=position[1],
-        captured_at=_first(listed.captured_at, _exif_time(details), 0),
+        captured_at=_first(listed.captured_at, capture_time(details), 0),
         # One folder is taken as one drive: merging drives costs nothing but split freedom,
         # while cutting one in two would leak near-identical frames between splits. The prefix
         # keeps local ids apart from other sources' ids.
         sequence_id="local:" + _first(listed.sequence_id,
                                       path.parent.relative_to(folder).as_posix()),
-        compass_angle=_compass(gps),
-        creator=_first(listed.creator, _text(exif.get(Base.Artist))),
+        compass_angle=compass(gps),
+        creator=_first(listed.creator, text(exif.get(Base.Artist))),
         view_group=None if listed.group is None else "local:" + listed.group,
         width=width,
         height=height,
@@ -204,77 +203,6 @@ def _row(photo: _Photo, city: str, batch: str) -> dict:
         "city": city, "batch": batch, "path": f"images/{photo.image_id}.jpg",
         "width": photo.width, "height": photo.height, "view_group": photo.view_group,
     }
-
-
-# ------------------------------------------------------------------------------------ EXIF
-
-def _gps_position(gps: dict) -> tuple[float, float] | None:
-    lat = _degrees(gps.get(GPS.GPSLatitude), gps.get(GPS.GPSLatitudeRef), "N", "S")
-    lon = _degrees(gps.get(GPS.GPSLongitude), gps.get(GPS.GPSLongitudeRef), "E", "W")
-    if lat is None or lon is None or abs(lat) > 90 or abs(lon) > 180:
-        return None
-    if lat == 0 and lon == 0:   # what some cameras write before they have a fix
-        return None
-    return lat, lon
-
-
-def _degrees(value, ref, positive: str, negative: str) -> float | None:
-    """EXIF degrees, minutes, seconds (rationals) and a hemisphere letter -> signed degrees."""
-    parts = value if isinstance(value, tuple | list) else (value,)
-    numbers = [_number(p) for p in parts[:3]]
-    if not numbers or any(n is None or n < 0 for n in numbers):
-        return None
-    sign = {positive: 1.0, negative: -1.0}.get((_text(ref) or "").upper())
-    if sign is None:   # without its hemisphere a position could be on the wrong continent
-        return None
-    return sign * sum(n / 60**i for i, n in enumerate(numbers))
-
-
-def _compass(gps: dict) -> float | None:
-    angle = _number(gps.get(GPS.GPSImgDirection))
-    return angle % 360.0 if angle is not None and 0 <= angle <= 360 else None
-
-
-def _exif_time(details: dict) -> int | None:
-    """DateTimeOriginal in ms UTC, shifted by OffsetTimeOriginal when the camera wrote one."""
-    stamp = _text(details.get(Base.DateTimeOriginal))
-    try:
-        when = dt.datetime.strptime(stamp, "%Y:%m:%d %H:%M:%S")
-    except (TypeError, ValueError):   # absent, or blanks and zeros from a camera without a clock
-        return None
-    return _ms(when.replace(tzinfo=_utc_offset(_text(details.get(Base.OffsetTimeOriginal)))))
-
-
-def _utc_offset(text: str | None) -> dt.tzinfo:
-    try:
-        return dt.datetime.strptime(text, "%z").tzinfo
-    except (TypeError, ValueError):
-        return dt.UTC
-
-
-def _number(value) -> float | None:
-    """A finite float from an EXIF number; a rational with a zero denominator reads as NaN."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    return number if np.isfinite(number) else None
-
-
-def _text(value) -> str | None:
-    """An EXIF ASCII value without its NUL and blank padding; None when absent or empty."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    if not isinstance(value, str):
-        return None
-    return value.strip("\x00 \t\r\n") or None
-
-
-def _ms(when: dt.datetime) -> int:
-    """ms since 1970 UTC; a time without an offset is taken as UTC."""
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return (when - EPOCH) // dt.timedelta(milliseconds=1)
 
 
 def _first(*values):
@@ -381,7 +309,7 @@ def _csv_time(text: str | None, where: str) -> int | None:
     if re.fullmatch(r"-?[0-9]+", text):
         return int(text)
     try:
-        return _ms(dt.datetime.fromisoformat(text))
+        return ms(dt.datetime.fromisoformat(text))
     except ValueError:
         raise LocalSourceError(f"{where}: captured_at {text!r} is neither ms since 1970 nor an "
                                f"ISO-8601 time like 2021-05-01T12:30:00+02:00") from None

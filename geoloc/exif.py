@@ -1,0 +1,88 @@
+"""Reading a photo's EXIF tags: GPS position and direction, capture time, plain text. Pillow
+parses the tags; these turn its rationals, tuples and padded strings into plain values, or None
+when a camera wrote nothing usable."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+from PIL import Image
+from PIL.ExifTags import GPS, IFD, Base
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def photo_time(image: Image.Image) -> int | None:
+    """When an opened photo was taken (ms UTC), from its EXIF, or None."""
+    return capture_time(image.getexif().get_ifd(IFD.Exif))
+
+
+def gps_position(gps: dict) -> tuple[float, float] | None:
+    lat = _degrees(gps.get(GPS.GPSLatitude), gps.get(GPS.GPSLatitudeRef), "N", "S")
+    lon = _degrees(gps.get(GPS.GPSLongitude), gps.get(GPS.GPSLongitudeRef), "E", "W")
+    if lat is None or lon is None or abs(lat) > 90 or abs(lon) > 180:
+        return None
+    if lat == 0 and lon == 0:   # what some cameras write before they have a fix
+        return None
+    return lat, lon
+
+
+def _degrees(value, ref, positive: str, negative: str) -> float | None:
+    """EXIF degrees, minutes, seconds (rationals) and a hemisphere letter -> signed degrees."""
+    parts = value if isinstance(value, tuple | list) else (value,)
+    numbers = [number(p) for p in parts[:3]]
+    if not numbers or any(n is None or n < 0 for n in numbers):
+        return None
+    sign = {positive: 1.0, negative: -1.0}.get((text(ref) or "").upper())
+    if sign is None:   # without its hemisphere a position could be on the wrong continent
+        return None
+    return sign * sum(n / 60**i for i, n in enumerate(numbers))
+
+
+def compass(gps: dict) -> float | None:
+    angle = number(gps.get(GPS.GPSImgDirection))
+    return angle % 360.0 if angle is not None and 0 <= angle <= 360 else None
+
+
+def capture_time(details: dict) -> int | None:
+    """DateTimeOriginal of the Exif folder `details` in ms UTC, shifted by OffsetTimeOriginal
+    when the camera wrote one."""
+    stamp = text(details.get(Base.DateTimeOriginal))
+    try:
+        when = dt.datetime.strptime(stamp, "%Y:%m:%d %H:%M:%S")
+    except (TypeError, ValueError):   # absent, or blanks and zeros from a camera without a clock
+        return None
+    return ms(when.replace(tzinfo=_utc_offset(text(details.get(Base.OffsetTimeOriginal)))))
+
+
+def _utc_offset(offset: str | None) -> dt.tzinfo:
+    try:
+        return dt.datetime.strptime(offset, "%z").tzinfo
+    except (TypeError, ValueError):
+        return dt.UTC
+
+
+def number(value) -> float | None:
+    """A finite float from an EXIF number; a rational with a zero denominator reads as NaN."""
+    try:
+        result = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return result if np.isfinite(result) else None
+
+
+def text(value) -> str | None:
+    """An EXIF ASCII value without its NUL and blank padding; None when absent or empty."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if not isinstance(value, str):
+        return None
+    return value.strip("\x00 \t\r\n") or None
+
+
+def ms(when: dt.datetime) -> int:
+    """ms since 1970 UTC; a time without an offset is taken as UTC."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return (when - EPOCH) // dt.timedelta(milliseconds=1)

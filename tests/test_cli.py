@@ -1,0 +1,70 @@
+"""`geoloc predict` on a real exported snapshot: the table's columns, and sequences whose
+photos include several views of one place."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from PIL import Image
+from PIL.ExifTags import IFD, Base
+
+from geoloc.predictor import Predictor
+
+
+def write_photo(path, seed: int, when: str | None = None):
+    """A noisy picture (distinct seeds give distinct model inputs), with a capture time."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    if when is not None:
+        exif.get_ifd(IFD.Exif)[Base.DateTimeOriginal] = when
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format="JPEG", exif=exif)
+    return path
+
+
+def predict(snapshot, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "geoloc.cli", "predict", "--model",
+                           str(snapshot), *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_columns_stay_aligned_for_long_paths(tiny_snapshot, tmp_path):
+    deep = tmp_path / "a folder with a rather long name" / "and another one below it"
+    photos = [write_photo(deep / "first photo of the street.jpg", 1),
+              write_photo(tmp_path / "b.jpg", 2)]
+    result = predict(tiny_snapshot, *photos)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert len(rows) == 2 and len(str(photos[0])) > 40
+    column = header.index("lat")
+    for row, photo in zip(rows, photos, strict=True):
+        assert row.startswith(str(photo))
+        # lat is right-aligned in 9 characters: its last digit sits under the header's "t"
+        assert row[column + 2] != " " and row[column + 3] == " "
+        assert float(row[column - 6:column + 3]) == pytest.approx(
+            Predictor(tiny_snapshot).predict([Image.open(photo)])[0].lat, abs=1e-5)
+
+
+def test_a_sequence_counts_the_views_of_one_place_once(tiny_snapshot, tmp_path):
+    """Three panoramas of four faces: each panorama's faces share a capture time. The answer
+    is the predictor's places-first evidence, not the plain sum of twelve frames."""
+    faces = [write_photo(tmp_path / f"pano{p}_{f}.jpg", 10 * p + f, f"2024:05:01 12:0{p}:00")
+             for p in range(3) for f in range(4)]
+    result = predict(tiny_snapshot, *faces, "--sequence", "--json", "--top-k", "6")
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    answer = json.loads(line)
+    assert answer["path"] == "sequence of 12 photos"
+
+    predictor = Predictor(tiny_snapshot)
+    log_probs = predictor.log_probs([Image.open(path) for path in faces])
+    places = log_probs.reshape(3, 4, -1).mean(axis=1).sum(axis=0)
+    expected = np.exp(places - np.logaddexp.reduce(places))
+    assert [t["probability"] for t in answer["top"]] == pytest.approx(
+        sorted(expected, reverse=True), abs=1e-9)
+    naive = log_probs.sum(axis=0)
+    assert not np.allclose(np.exp(naive - np.logaddexp.reduce(naive)), expected, atol=1e-3)
