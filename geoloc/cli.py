@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--model", type=Path, default=Path("models/export"),
                          help="exported snapshot folder (default: models/export)")
     predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--mode", help="how to make each photo's point: argmax, topk, "
+                                        "topk_mean or retrieval (default: the mode the "
+                                        "snapshot was evaluated in, where it is one of these)")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("--sequence", action="store_true",
                          help="the photos are frames of one drive: one combined prediction "
@@ -63,6 +66,8 @@ def _predict(args) -> int:
 
     if args.top_k < 1:
         raise GeolocError("--top-k must be at least 1")
+    if args.sequence and args.mode is not None:
+        raise GeolocError("--mode and --sequence: a sequence has its own mode (sequence)")
     predictor = Predictor(args.model)
     paths = _image_paths(args.paths)
     names = [f"sequence of {len(paths)} photos"] if args.sequence else [str(p) for p in paths]
@@ -74,7 +79,7 @@ def _predict(args) -> int:
     for path in paths:
         try:
             with Image.open(path) as image:
-                (prediction,) = predictor.predict([image], args.top_k)
+                (prediction,) = predictor.predict([image], args.top_k, args.mode)
         except UNREADABLE as exc:
             print(f"geoloc: cannot read {path}: {exc}", file=sys.stderr)
             failed += 1
@@ -115,7 +120,7 @@ class _Table:
     def header(self) -> None:
         if not self.as_json:
             print(f"{'path':{self.width}} {'lat':>9} {'lon':>9} {'cell':16} {'confidence':>10}"
-                  f"  top-k")
+                  f" {'mode':9}  top-k")
 
     def row(self, name: str, prediction) -> None:
         if self.as_json:
@@ -123,7 +128,7 @@ class _Table:
             return
         top = " ".join(f"{t['cell']}:{t['probability']:.2f}" for t in prediction.top)
         print(f"{name:{self.width}} {prediction.lat:9.5f} {prediction.lon:9.5f} "
-              f"{prediction.cell:16} {prediction.confidence:10.3f}  {top}")
+              f"{prediction.cell:16} {prediction.confidence:10.3f} {prediction.mode:9}  {top}")
 
 
 def _purge(args) -> int:

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from geoloc.data.cache import CachedSplit
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km, mean_point
 from geoloc.inference import (
     MODES,
+    Outputs,
     available_modes,
     fit_temperature,
     log_softmax,
@@ -27,8 +27,8 @@ from geoloc.metrics import (
     sequence_median_km,
     topk_accuracy,
 )
-from geoloc.models.outputs import predict_outputs
 from geoloc.params import EvaluateParams
+from geoloc.retrieval import RetrievalIndex, retrieval_points
 
 CONFUSION_CELLS = 10   # the confusion plot shows the test's most frequent cells, the rest as one
 
@@ -42,26 +42,31 @@ class Evaluation:
     calibration: pd.DataFrame   # accuracy and error per confidence bin (argmax)
 
 
-def evaluate(model, test: CachedSplit, cells: pd.DataFrame, cfg: EvaluateParams,
-             val: CachedSplit | None = None) -> Evaluation:
-    """Score `model` on `test`; with `cfg.calibrate`, its probabilities are first rescaled
-    by a temperature fitted on `val`."""
+def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
+             val: Outputs | None = None, index: RetrievalIndex | None = None) -> Evaluation:
+    """Score a model's outputs on the test split; with `cfg.calibrate`, its probabilities are
+    first rescaled by a temperature fitted on its `val` outputs. With a retrieval `index` (and
+    the test photos' features), the retrieval mode and the nearest photo are scored too."""
     rows = test.rows.reset_index(drop=True)
     if len(rows) == 0:
         raise GeolocError("the test split has no images: nothing to evaluate (see "
                           "metrics/split.json and split.test_fraction)")
-    logits, offsets = predict_outputs(model, test.images, rows["cache_row"])
-    modes = available_modes(offsets)
+    logits, offsets = test.logits, test.offsets
+    retrieval = index is not None and test.features is not None
+    modes = available_modes(offsets, retrieval)
     if cfg.mode not in modes:
         raise GeolocError(f"evaluate.mode: {cfg.mode!r} is not available for this model; "
                           f"available: {', '.join(modes)} (all modes: {', '.join(MODES)})")
     temperature, sequence_temperature = 1.0, 1.0
     if cfg.calibrate and val is not None and len(val.rows):
-        val_logits, _ = predict_outputs(model, val.images, val.rows["cache_row"])
-        temperature, sequence_temperature = fit_temperatures(val_logits, val.rows)
+        temperature, sequence_temperature = fit_temperatures(val.logits, val.rows)
     log_probs = log_softmax(logits / temperature)
     guesses = {mode: mode_points(mode, log_probs, offsets, cells, rows, cfg.top_k)
-               for mode in modes}
+               for mode in modes if mode != "retrieval"}
+    if retrieval:
+        guesses["retrieval"] = retrieval_points(index, test.features, log_probs,
+                                                cfg.retrieval.neighbours,
+                                                cfg.retrieval.within_top_cells)
     errors = {mode: haversine_km(rows["lat"], rows["lon"], lat, lon)
               for mode, (_, lat, lon) in guesses.items()}
     predictions = prediction_table(rows, log_probs, guesses, errors, cfg)
@@ -88,6 +93,7 @@ def evaluate(model, test: CachedSplit, cells: pd.DataFrame, cfg: EvaluateParams,
         "sequence_expected_calibration_error": expected_calibration_error(sequence_calibration),
         **mode_figures[cfg.mode],
         **reference_medians(rows, cells),
+        **(nearest_photo(index, test.features, rows) if retrieval else {}),
     }
     by_city = pd.DataFrame([
         {"city": city, **figures(errors[cfg.mode][group.index], guesses[cfg.mode][0][group.index],
@@ -120,6 +126,15 @@ def figures(errors_km: np.ndarray, labels: np.ndarray, rows: pd.DataFrame,
     if (labels >= 0).all():
         out["accuracy"] = float(np.mean(labels == rows["label"].to_numpy()))
     return out
+
+
+def nearest_photo(index: RetrievalIndex, features: np.ndarray, rows: pd.DataFrame) -> dict:
+    """The answer of a lookup with no model: the position of the single most similar training
+    photo in the backbone's feature space, the reference a real-photo model must beat."""
+    _, lat, lon = retrieval_points(index, features, None, neighbours=1, within_top_cells=0)
+    errors = haversine_km(rows["lat"], rows["lon"], lat, lon)
+    return {"nearest_photo_median_km": float(np.median(errors)),
+            "nearest_photo_p90_km": float(np.percentile(errors, 90))}
 
 
 def reference_medians(rows: pd.DataFrame, cells: pd.DataFrame) -> dict:

@@ -6,18 +6,21 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pandas as pd
 import torch
 
 from geoloc.models.outputs import predict_logits
-from geoloc.predictor import CELLS_NAME, MODEL_NAME, SPEC_NAME
+from geoloc.models.to_onnx import write_onnx
+from geoloc.params import RetrievalParams
+from geoloc.predictor import CELLS_NAME, FEATURES_MODEL, MODEL_NAME, RETRIEVAL_INDEX, SPEC_NAME
+from geoloc.retrieval import RetrievalIndex
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +31,21 @@ LATENCY_SECONDS = 1.0   # per runtime and batch size, after a warm-up
 
 def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
                  check_images: np.ndarray, out_dir: Path, opset: int,
-                 temperature: float = 1.0, sequence_temperature: float = 1.0) -> dict:
-    """Write model.ts, model.onnx, cells.json and model.json (the preprocessing spec) into
-    out_dir; return sizes and parity. The temperatures (fitted by the evaluate stage) are what
-    the predictor divides the logits, and a sequence's summed evidence, by before a softmax."""
+                 inference: dict | None = None) -> dict:
+    """Write model.ts, model.onnx, cells.json and model.json (the preprocessing spec and
+    `inference`: what the predictor needs from the evaluate stage, such as the `temperature`
+    it divides the logits by and the `sequence_temperature` it divides a sequence's summed
+    evidence by before a softmax, and the headline `mode`) into out_dir; return sizes and
+    parity."""
     model.eval()
     example = torch.from_numpy(np.array(check_images[:2]))
     with torch.no_grad(), _torchscript_deprecation_quiet():
         torch.jit.trace(model, example).save(str(out_dir / TORCHSCRIPT_NAME))
-    torch.onnx.export(
-        model, (example,), str(out_dir / MODEL_NAME), dynamo=True, opset_version=opset,
-        verbose=False,
-        input_names=["images"], output_names=["logits"], external_data=False,
-        dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
-    )
-    _strip_stack_traces(out_dir / MODEL_NAME)
+    write_onnx(model, example, out_dir / MODEL_NAME, opset, "logits")
     write_cells(cells, out_dir / CELLS_NAME)
     spec = {"image_size": image_size, "num_classes": len(cells), "opset": opset,
-            "temperature": temperature, "sequence_temperature": sequence_temperature,
+            "mode": "argmax", "temperature": 1.0, "sequence_temperature": 1.0,
+            **(inference or {}),
             "input": "images: uint8, N x size x size x 3, RGB",
             "preprocess": "EXIF orientation applied, shorter side resized to image_size "
                           "(bicubic), centre crop; the model normalises its input itself",
@@ -100,13 +100,15 @@ def _median_ms(run, batch: np.ndarray) -> float:
     return 1000 * float(np.median(times))
 
 
-def _strip_stack_traces(path: Path) -> None:
-    """Drop the exporter's per-node stack traces: they hold this checkout's absolute paths,
-    so the same model exported from two clones would differ byte for byte."""
-    model = onnx.load(str(path))
-    for node in model.graph.node:
-        del node.metadata_props[:]
-    onnx.save(model, str(path))
+def add_retrieval(out_dir: Path, features_dir: Path, index_path: Path, size: int,
+                  cfg: RetrievalParams) -> dict:
+    """Copy the backbone that computes the features (features.onnx) and the training photos'
+    feature index (retrieval.npz) into out_dir; return the spec the predictor searches with."""
+    shutil.copyfile(features_dir / FEATURES_MODEL, out_dir / FEATURES_MODEL)
+    shutil.copyfile(index_path, out_dir / RETRIEVAL_INDEX)
+    return {"image_size": size, "neighbours": cfg.neighbours,
+            "within_top_cells": cfg.within_top_cells,
+            "photos": len(RetrievalIndex.load(index_path).label)}
 
 
 def write_cells(cells: pd.DataFrame, path: Path) -> None:

@@ -19,6 +19,8 @@ No torch here: the predictor of an exported snapshot runs these same functions.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -26,7 +28,19 @@ from geoloc.data.cells import hierarchy_levels
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km, mean_point, shift_km
 
-MODES = ("argmax", "topk", "topk_mean", "hierarchical", "hybrid", "sequence", "sequence_online")
+MODES = ("argmax", "topk", "topk_mean", "hierarchical", "hybrid", "sequence", "sequence_online",
+         "retrieval")
+
+
+@dataclass
+class Outputs:
+    """What inference starts from, for a split's rows (in order): the classifier's logits,
+    the hybrid head's offsets (or None) and the backbone features retrieval searches with (or
+    None)."""
+    rows: pd.DataFrame
+    logits: np.ndarray
+    offsets: np.ndarray | None = None
+    features: np.ndarray | None = None
 
 
 def errors_km(logits: np.ndarray, offsets: np.ndarray | None, cells: pd.DataFrame,
@@ -66,9 +80,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp((low + high) / 2))
 
 
-def available_modes(offsets: np.ndarray | None) -> tuple[str, ...]:
-    """The modes a model's outputs allow: hybrid needs the hybrid head's offsets."""
-    return tuple(m for m in MODES if m != "hybrid" or offsets is not None)
+def available_modes(offsets: np.ndarray | None, retrieval: bool) -> tuple[str, ...]:
+    """The modes a model's outputs allow: hybrid needs the hybrid head's offsets, retrieval
+    the features and their index."""
+    needs = {"hybrid": offsets is not None, "retrieval": retrieval}
+    return tuple(m for m in MODES if needs.get(m, True))
 
 
 def mode_points(mode: str, log_probs: np.ndarray, offsets: np.ndarray | None,
@@ -103,6 +119,9 @@ def _mode_labels(mode: str, log_probs: np.ndarray, points, table: pd.DataFrame,
         return hierarchical_labels(log_probs, table.reset_index())
     if mode in ("sequence", "sequence_online"):
         return sequence_labels(log_probs, rows, online=mode == "sequence_online")
+    if mode == "retrieval":
+        raise GeolocError("the retrieval mode needs the features and their index: "
+                          "geoloc.retrieval.retrieval_points makes its points")
     raise GeolocError(f"evaluate.mode: unknown mode {mode!r}; known: {', '.join(MODES)}")
 
 

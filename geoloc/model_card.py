@@ -16,29 +16,32 @@ LICENCES = {
 }
 
 
-def model_card(params: dict, evaluation: dict, data: dict, export: dict) -> str:
+def model_card(params: dict, evaluation: dict, data: dict, export: dict, spec: dict) -> str:
     """Markdown for MODEL_CARD.md, from the training params, metrics/eval.json,
-    metrics/data.json and the export's parity figures."""
+    metrics/data.json, the export's parity figures and the predictor's spec (model.json)."""
     model, loss = params["model"], params["loss"]
     index, split = params["index"], params["split"]
     source = params["fetch"]["source"]
     resolutions = f"{index['coarsest_resolution']} to {index['finest_resolution']}"
     weights = "ImageNet-pretrained" if model["pretrained"] else "random init"
     hybrid = " with offset regression (hybrid)" if model["hybrid"] else ""
+    frozen = (f" frozen, a head trained on its features at {params['features']['size']} px"
+              if model["freeze_backbone"] else "")
     return f"""# Model card: geo-locate-ml
 
 ## Model
 - Task: predict where in France a street-level photo was taken, as one of {data['cells']}
   adaptive H3 cells (resolutions {resolutions}); the answer is the cell's representative point
   (the mean position of its training photos).
-- Architecture: `{model['arch']}` ({weights}), `{model['head']}` head{hybrid}, loss
+- Architecture: `{model['arch']}` ({weights}{frozen}), `{model['head']}` head{hybrid}, loss
   `{loss['name']}`.
+- The answer's default mode is `{spec['mode']}`, the one evaluated below (geoloc.inference).
 - Input: one RGB photo, resized and centre-cropped to {export['image_size']} px (model.json);
   output: a probability per cell (softmax of logits / temperature, temperature
   {evaluation.get('temperature', 1.0):.3g} fitted on the validation split).
 - Files: model.onnx (ONNX Runtime, opset {params['export']['opset']}), model.ts (TorchScript),
   cells.json, model.json, params.json (every param it was trained with), metrics.json.
-
+{_retrieval_section(spec, evaluation)}
 ## Training data
 - Source: `{source}`. {LICENCES[source]}
 - {data['images']:,} images of {data['cities']} cities in {data['batches']} batches.
@@ -73,3 +76,33 @@ comparing methods under a leakage-free protocol.
   plots/eval/cities.csv and the error map.
 - Not for locating people or private places: it must not be used to track anyone.
 """
+
+
+def _retrieval_section(spec: dict, evaluation: dict) -> str:
+    """What the feature index is, and what it gives away."""
+    if "retrieval" not in spec:
+        return ("- No feature index: this snapshot was exported with export.retrieval_index "
+                "false, so it does not answer in the retrieval mode and holds no training "
+                "photo's position.")
+    retrieval = spec["retrieval"]
+    nearest = ""
+    if "nearest_photo_median_km" in evaluation:
+        nearest = (f" On the test split, the single nearest training photo alone is off by a "
+                   f"median {evaluation['nearest_photo_median_km']:.3g} km (p90 "
+                   f"{evaluation['nearest_photo_p90_km']:.3g} km).")
+    return f"""- features.onnx and retrieval.npz: the retrieval mode. features.onnx computes a
+  photo's features ({retrieval['image_size']} px), retrieval.npz holds those of the training
+  photos (their principal components) and answers with the medoid of the positions of the
+  {retrieval['neighbours']} most similar ones{_within(retrieval)}.{nearest}
+
+## The feature index holds the training photos' positions
+retrieval.npz stores the position (latitude, longitude) of every training photo,
+{retrieval['photos']:,} of them: whoever has this snapshot can read where they were taken. For a
+user's own photos that is where the user has been; for licensed data (Mapillary's are CC BY-SA)
+the positions are part of what the licence covers. Export with `export.retrieval_index: false`
+to leave the index out (the retrieval mode is then not served)."""
+
+
+def _within(retrieval: dict) -> str:
+    cells = retrieval["within_top_cells"]
+    return f", among the photos of the {cells} likeliest cells" if cells else ""

@@ -1,4 +1,9 @@
-"""Predict from an exported snapshot (models/export) with ONNX Runtime: no training stack."""
+"""Predict from an exported snapshot (models/export) with ONNX Runtime: no training stack.
+
+The points come from the functions the evaluate stage scores with (geoloc.inference,
+geoloc.retrieval), under the temperatures it fitted; the snapshot's model.json names the mode
+it evaluated, the default here.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,15 @@ from PIL import Image
 
 from geoloc.data.preprocess import to_square
 from geoloc.errors import GeolocError
-from geoloc.inference import sequence_evidence
+from geoloc.inference import log_softmax, mode_points, sequence_evidence
 
 MODEL_NAME = "model.onnx"
 CELLS_NAME = "cells.json"
 SPEC_NAME = "model.json"
+FEATURES_MODEL = "features.onnx"     # the backbone whose features the retrieval index holds
+RETRIEVAL_INDEX = "retrieval.npz"
+# The modes of one photo a snapshot can serve; retrieval only with its feature index.
+PHOTO_MODES = ("argmax", "topk", "topk_mean", "retrieval")
 
 
 @dataclass(frozen=True)
@@ -25,8 +34,9 @@ class Prediction:
     lat: float
     lon: float
     cell: str
-    confidence: float
-    top: list[dict]  # the top-k cells: cell, lat, lon, probability
+    confidence: float  # the probability of `cell`
+    top: list[dict]    # the top-k cells: cell, lat, lon, probability
+    mode: str
 
 
 class Predictor:
@@ -38,12 +48,36 @@ class Predictor:
                                   f"(dvc repro export) or pass --model")
         self.spec = json.loads((snapshot / SPEC_NAME).read_text())
         self.cells = json.loads((snapshot / CELLS_NAME).read_text())
-        self.session = ort.InferenceSession(str(snapshot / MODEL_NAME),
-                                            providers=["CPUExecutionProvider"])
+        self.table = pd.DataFrame(self.cells)
+        self.session = _session(snapshot / MODEL_NAME)
+        self.retrieval = None
+        if "retrieval" in self.spec:
+            from geoloc.retrieval import RetrievalIndex  # faiss loads only with an index
 
-    def predict(self, images: list[Image.Image], top_k: int = 5) -> list[Prediction]:
-        """One prediction per photo."""
-        return [self._prediction(np.exp(row), top_k) for row in self.log_probs(images)]
+            self.retrieval = (_session(snapshot / FEATURES_MODEL),
+                              RetrievalIndex.load(snapshot / RETRIEVAL_INDEX))
+        self.modes = tuple(m for m in PHOTO_MODES if m != "retrieval" or self.retrieval)
+        evaluated = self.spec.get("mode", "argmax")
+        self.mode = evaluated if evaluated in self.modes else "argmax"
+
+    def predict(self, images: list[Image.Image], top_k: int = 5,
+                mode: str | None = None) -> list[Prediction]:
+        """One prediction per photo, in `mode` (default: the evaluated one where it is a mode
+        of one photo, else argmax)."""
+        mode = self._mode(mode)
+        log_probs = self.log_probs(images)
+        rows = pd.DataFrame(index=range(len(images)))
+        if mode == "retrieval":
+            from geoloc.retrieval import retrieval_points
+
+            features = self._features(images)
+            spec = self.spec["retrieval"]
+            label, lat, lon = retrieval_points(self.retrieval[1], features, log_probs,
+                                               spec["neighbours"], spec["within_top_cells"])
+        else:
+            label, lat, lon = mode_points(mode, log_probs, None, self.table, rows, top_k)
+        return [self._prediction(np.exp(row), top_k, mode, (int(lb), float(a), float(o)))
+                for row, lb, a, o in zip(log_probs, label, lat, lon, strict=True)]
 
     def predict_sequence(self, images: list[Image.Image], top_k: int = 5,
                          captured_at: list[int | None] | None = None) -> Prediction:
@@ -55,18 +89,40 @@ class Predictor:
         rows = pd.DataFrame({"image_id": [str(i) for i in range(len(images))],
                              "sequence_id": "query", "captured_at": times})
         evidence = sequence_evidence(self.log_probs(images), rows, online=False)[0]
-        scaled = evidence / self.spec.get("sequence_temperature", 1.0)
-        return self._prediction(np.exp(scaled - np.logaddexp.reduce(scaled)), top_k)
+        probs = np.exp(log_softmax(evidence[None] / self.spec["sequence_temperature"]))[0]
+        return self._prediction(probs, top_k, "sequence")
 
     def log_probs(self, images: list[Image.Image]) -> np.ndarray:
         """N x K log-probabilities, the logits divided by the snapshot's temperature."""
         batch = np.stack([to_square(image, self.spec["image_size"]) for image in images])
         logits = self.session.run(["logits"], {"images": batch})[0].astype(np.float64)
-        scaled = logits / self.spec.get("temperature", 1.0)
-        return scaled - np.logaddexp.reduce(scaled, axis=1, keepdims=True)
+        return log_softmax(logits / self.spec["temperature"])
 
-    def _prediction(self, probs: np.ndarray, top_k: int) -> Prediction:
+    def _features(self, images: list[Image.Image]) -> np.ndarray:
+        size = self.spec["retrieval"]["image_size"]
+        batch = np.stack([to_square(image, size) for image in images])
+        return self.retrieval[0].run(["features"], {"images": batch})[0]
+
+    def _mode(self, mode: str | None) -> str:
+        if mode is None:
+            return self.mode
+        if mode not in self.modes:
+            more = (" (retrieval: this snapshot was exported without its feature index, "
+                    "export.retrieval_index)" if mode == "retrieval" else "")
+            raise GeolocError(f"mode {mode!r} is not one this snapshot serves for a photo; "
+                              f"it serves {', '.join(self.modes)}{more}")
+        return mode
+
+    def _prediction(self, probs: np.ndarray, top_k: int, mode: str,
+                    point: tuple[int, float, float] | None = None) -> Prediction:
+        """The answer: `point` (label, lat, lon; label -1 where it is no cell's point) or the
+        likeliest cell's point, and the top-k cells."""
         order = np.argsort(-probs, kind="stable")[:top_k]
         top = [{**self.cells[i], "probability": float(probs[i])} for i in order]
-        best = top[0]
-        return Prediction(best["lat"], best["lon"], best["cell"], best["probability"], top)
+        label, lat, lon = point or (int(order[0]), top[0]["lat"], top[0]["lon"])
+        cell = self.cells[label if label >= 0 else int(order[0])]
+        return Prediction(lat, lon, cell["cell"], float(probs[cell["label"]]), top, mode)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

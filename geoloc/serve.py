@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
-from geoloc.predictor import CELLS_NAME, Prediction, Predictor
+from geoloc.predictor import CELLS_NAME, PHOTO_MODES, Prediction, Predictor
 from geoloc.upload import Form, UploadError, check_declared_length, read_form
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ WEB_DIR = Path(__file__).with_name("web")
 ASSETS_DIR = Path(__file__).with_name("assets")
 # The page loads nothing from elsewhere; the browser enforces it.
 # Keys of GET /model that the app fills itself; a snapshot file of that name is not served.
-RESERVED = ("cells", "limits")
+RESERVED = ("cells", "limits", "modes", "default_mode")
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob:; style-src 'self'; script-src 'self'; "
                "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
@@ -66,6 +66,7 @@ class Located(BaseModel):
     confidence: float
     top: list[Cell]
     osm_url: str
+    mode: str     # how the point was made (geoloc.inference, geoloc.retrieval)
 
 
 class Problem(BaseModel):
@@ -78,12 +79,15 @@ UPLOAD_FORM = {"requestBody": {"required": True, "content": {"multipart/form-dat
         "image": {"type": "string", "format": "binary", "description": "a JPEG, PNG or WebP"},
         "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K,
                   "default": DEFAULT_TOP_K, "description": "cells to return (or in the query)"},
+        "mode": {"type": "string", "enum": list(PHOTO_MODES),
+                 "description": "how to make the point (or in the query); default: the mode "
+                                "the snapshot was evaluated in, see GET /model"},
     }}}}}}
 ERRORS = {status: {"model": Problem, "description": text} for status, text in {
     400: "corrupt or truncated image, malformed body",
     413: "upload over the byte limit, or image over the pixel limit",
     415: "not multipart/form-data, or not a JPEG, PNG or WebP image",
-    422: "missing 'image' field, top_k out of 1..50",
+    422: "missing 'image' field, top_k out of 1..50, a mode the snapshot does not serve",
     504: "the prediction took longer than the timeout",
 }.items()}
 
@@ -97,7 +101,8 @@ def create_app(snapshot: Path | str, *, max_upload_bytes: int = 20 * MB,
                   for c in predictor.cells}
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels,
               "timeout_s": timeout_s}
-    about = {**snapshot_info(snapshot), "cells": len(predictor.cells), "limits": limits}
+    about = {**snapshot_info(snapshot), "cells": len(predictor.cells), "limits": limits,
+             "modes": list(predictor.modes), "default_mode": predictor.mode}
     base_map = map_data()
 
     @contextlib.asynccontextmanager
@@ -136,13 +141,15 @@ def create_app(snapshot: Path | str, *, max_upload_bytes: int = 20 * MB,
 
     @app.post("/predict", response_model=Located, responses=ERRORS, openapi_extra=UPLOAD_FORM)
     async def predict(request: Request,
-                      top_k: Annotated[int | None, Query(ge=1, le=MAX_TOP_K)] = None) -> dict:
+                      top_k: Annotated[int | None, Query(ge=1, le=MAX_TOP_K)] = None,
+                      mode: str | None = None) -> dict:
         check_declared_length(request.headers, max_upload_bytes)
         form = await read_form(request.headers.get("content-type"), request.stream(),
                                max_upload_bytes)
         image, k = _image_field(form), _top_k(form, top_k)
+        mode = _mode(form, mode, predictor)
         job = asyncio.get_running_loop().run_in_executor(
-            request.app.state.pool, locate, predictor, image, k, max_pixels)
+            request.app.state.pool, locate, predictor, image, k, max_pixels, mode)
         try:
             prediction = await asyncio.wait_for(job, timeout_s)
         except TimeoutError:
@@ -152,7 +159,8 @@ def create_app(snapshot: Path | str, *, max_upload_bytes: int = 20 * MB,
     return app
 
 
-def locate(predictor: Predictor, data: bytes, top_k: int, max_pixels: int) -> Prediction:
+def locate(predictor: Predictor, data: bytes, top_k: int, max_pixels: int,
+           mode: str | None = None) -> Prediction:
     """Decode and predict one photo (in a worker thread); a bad photo raises HTTPException."""
     if not data:
         raise HTTPException(400, "the file in 'image' is empty")
@@ -174,7 +182,7 @@ def locate(predictor: Predictor, data: bytes, top_k: int, max_pixels: int) -> Pr
             raise HTTPException(413, f"image too large to decode: {width} x {height} = "
                                      f"{width * height} pixels, the limit is {max_pixels}")
         try:
-            (prediction,) = predictor.predict([image], top_k)
+            (prediction,) = predictor.predict([image], top_k, mode)
         except (OSError, SyntaxError, ValueError) as exc:
             raise HTTPException(400, f"corrupt or truncated image: {exc}") from None
     return prediction
@@ -184,7 +192,7 @@ def answer(prediction: Prediction, boundaries: dict[str, list]) -> dict:
     top = [{**cell, "boundary": boundaries[cell["cell"]]} for cell in prediction.top]
     return {"lat": prediction.lat, "lon": prediction.lon, "cell": prediction.cell,
             "confidence": prediction.confidence, "top": top,
-            "osm_url": osm_url(prediction.lat, prediction.lon)}
+            "osm_url": osm_url(prediction.lat, prediction.lon), "mode": prediction.mode}
 
 
 def osm_url(lat: float, lon: float) -> str:
@@ -231,6 +239,17 @@ def _top_k(form: Form, query: int | None) -> int:
     if not text.isdigit() or not 1 <= int(text) <= MAX_TOP_K:
         raise UploadError(422, f"top_k must be an integer from 1 to {MAX_TOP_K}, got {text!r}")
     return int(text)
+
+
+def _mode(form: Form, query: str | None, predictor: Predictor) -> str:
+    """The mode from the form, else the query, else the snapshot's default."""
+    mode = form.fields["mode"].strip() if "mode" in form.fields else query
+    if mode is None:
+        return predictor.mode
+    if mode not in predictor.modes:
+        raise UploadError(422, f"mode must be one of {', '.join(predictor.modes)} (this "
+                               f"snapshot's), got {mode!r}")
+    return mode
 
 
 async def _upload_error(request: Request, exc: UploadError) -> JSONResponse:

@@ -27,19 +27,19 @@ from tqdm import tqdm
 
 from geoloc.data.augment import BatchAugment
 from geoloc.data.cache import CachedSplit, ids_digest
+from geoloc.data.features import FeatureSplit
 from geoloc.data.loader import cache_loader
 from geoloc.errors import GeolocError
 from geoloc.inference import errors_km
 from geoloc.io import atomic_path
 from geoloc.losses import build_loss
 from geoloc.models import GeoNet
-from geoloc.models.outputs import predict_outputs
+from geoloc.models.outputs import split_outputs
 from geoloc.params import LossParams, TrainParams
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-FEATURE_BATCH = 256
 
 
 @dataclass
@@ -93,26 +93,30 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def fingerprint(params: dict, train: CachedSplit, val: CachedSplit, cells: pd.DataFrame) -> str:
+def fingerprint(params: dict, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
+                cells: pd.DataFrame) -> str:
     """What a resume checkpoint must have been written for: the params that shape training,
     the data it saw and the cell table it predicts."""
     shaping = {section: params[section] for section in ("model", "loss", "train")}
     shaping["train"] = {k: v for k, v in shaping["train"].items() if k not in ("resume", "workers")}
-    shaping["cache_sizes"] = params["cache"]["sizes"]
-    shaping["train_ids"] = ids_digest(train.rows)
-    shaping["val_ids"] = ids_digest(val.rows)
+    shaping["inputs"] = (params["features"] if params["model"]["freeze_backbone"]
+                         else params["cache"]["sizes"])
+    shaping["train_ids"] = ids_digest(train_rows)
+    shaping["val_ids"] = ids_digest(val_rows)
     shaping["cells"] = cells[["label", "cell"]].astype(str).values.tolist()
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
-def fit(model: GeoNet, train: dict[int, CachedSplit], val: CachedSplit, cells: pd.DataFrame,
+def fit(model: GeoNet, train: dict[int, CachedSplit] | FeatureSplit,
+        val: CachedSplit | FeatureSplit, cells: pd.DataFrame,
         cfg: TrainParams, loss_cfg: LossParams, live, *, resume_path: Path | None = None,
         stamp: str = "", dist: Dist | None = None) -> dict:
     """Train in place and load the best epoch's weights back; returns that epoch's figures.
 
-    `train` holds the train split cached at each size (the first is the model's input size);
-    `live` is a DVCLive Live (or anything with log_metric and next_step); `resume_path` is
-    where the per-epoch checkpoint lives, `stamp` the fingerprint it must carry.
+    `train` holds the train split cached at each size (the first is the model's input size)
+    or, for a frozen backbone, its features (the features stage's), and `val` likewise; `live`
+    is a DVCLive Live (or anything with log_metric and next_step); `resume_path` is where the
+    per-epoch checkpoint lives, `stamp` the fingerprint it must carry.
     """
     dist = dist or Dist()
     device = pick_device()
@@ -121,13 +125,10 @@ def fit(model: GeoNet, train: dict[int, CachedSplit], val: CachedSplit, cells: p
         raise GeolocError("train.precision fp16 needs a CUDA device; use bf16 on a CPU")
     model.to(device)
     criterion = build_loss(loss_cfg, cells).to(device)
-    sizes = list(train)
     if model.frozen:
-        batches = _FeatureBatches(model, train[sizes[0]], cfg, device, dist)
-        val_features = _features(model, val, device)
+        batches, sizes = _FeatureBatches(train, cfg, dist), [None]
     else:
-        batches = _ImageBatches(train, cfg, dist)
-        val_features = None
+        batches, sizes = _ImageBatches(train, cfg, dist), list(train)
     step = _TrainStep(model, criterion, device, autocast_dtype, dist)
     optimizer = torch.optim.AdamW(step.parameters_to_train(), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
@@ -145,12 +146,13 @@ def fit(model: GeoNet, train: dict[int, CachedSplit], val: CachedSplit, cells: p
         train_loss = step.epoch(batches.of_epoch(epoch, size), batches.steps_per_epoch,
                                 optimizer, scheduler, scaler, epoch, cfg.seed)
         figures = _agreed({"epoch": epoch, "train_loss": train_loss,
-                           **evaluate_split(model, val, cells, device, val_features)}, dist)
+                           **evaluate_split(model, val, cells, device)}, dist)
         state.history.append(figures)
         _log_epoch(live, figures, dist)
         if dist.main:
-            log.info("epoch %d (%d px): loss %.3f, val accuracy %.3f, val median %.2f km "
-                     "(%.1f s)", epoch, size, train_loss, figures["val_accuracy"],
+            log.info("epoch %d (%s): loss %.3f, val accuracy %.3f, val median %.2f km "
+                     "(%.1f s)", epoch, "features" if size is None else f"{size} px", train_loss,
+                     figures["val_accuracy"],
                      figures["val_median_km"], time.perf_counter() - started)
         if state.best is None or figures["val_median_km"] < state.best["val_median_km"]:
             state.best, state.stale = figures, 0
@@ -218,35 +220,27 @@ class _ImageBatches:
 
 
 class _FeatureBatches:
-    """With a frozen backbone: its features of the train images, computed once (without
-    augmentation, which would defeat the point), served in shuffled batches."""
+    """With a frozen backbone: the features stage's features of the train images (no
+    augmentation: they are computed once), served in shuffled batches. Under DDP every rank
+    gets as many batches (the order is padded by wrapping), as the image batches do."""
 
-    def __init__(self, model: GeoNet, train: CachedSplit, cfg: TrainParams, device,
-                 dist: Dist):
-        self.features = _features(model, train, device)
-        self.labels = torch.tensor(train.rows["label"].to_numpy())
-        self.points = torch.tensor(train.rows[["lat", "lon"]].to_numpy(np.float32))
+    def __init__(self, train: FeatureSplit, cfg: TrainParams, dist: Dist):
+        rows = train.rows
+        self.features = torch.from_numpy(np.array(train.features[rows["feature_row"]]))
+        self.labels = torch.tensor(rows["label"].to_numpy())
+        self.points = torch.tensor(rows[["lat", "lon"]].to_numpy(np.float32))
         self.batch_size, self.seed, self.dist = cfg.batch_size, cfg.seed, dist
-        share = -(-len(self.labels) // dist.world)
-        self.steps_per_epoch = -(-share // self.batch_size)
+        self.share = -(-len(self.labels) // dist.world)
+        self.steps_per_epoch = -(-self.share // self.batch_size)
 
-    def of_epoch(self, epoch: int, size: int):
+    def of_epoch(self, epoch: int, size: None):
         generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch, 0))
         order = torch.randperm(len(self.labels), generator=generator)
+        order = torch.cat([order, order[:self.share * self.dist.world - len(order)]])
         order = order[self.dist.rank::self.dist.world]
         for start in range(0, len(order), self.batch_size):
             take = order[start:start + self.batch_size]
             yield self.features[take], self.labels[take], self.points[take]
-
-
-@torch.no_grad()
-def _features(model: GeoNet, split: CachedSplit, device) -> torch.Tensor:
-    model.eval()
-    positions = split.rows["cache_row"].to_numpy()
-    out = [model.features(torch.from_numpy(split.images[positions[i:i + FEATURE_BATCH]])
-                          .to(device)).float().cpu()
-           for i in range(0, len(positions), FEATURE_BATCH)]
-    return torch.cat(out)
 
 
 class _Outputs(nn.Module):
@@ -299,32 +293,16 @@ class _TrainStep:
         return total / max(count, 1)
 
 
-def evaluate_split(model: GeoNet, split: CachedSplit, cells: pd.DataFrame, device=None,
-                   features: torch.Tensor | None = None) -> dict:
-    """Validation figures, from the split's images or from their precomputed `features`."""
+def evaluate_split(model: GeoNet, split: CachedSplit | FeatureSplit, cells: pd.DataFrame,
+                   device=None) -> dict:
+    """Validation figures, from the split's images or, for a frozen backbone, its features."""
+    logits, offsets = split_outputs(model, split, device)
     rows = split.rows
-    if features is None:
-        logits, offsets = predict_outputs(model, split.images, rows["cache_row"], device=device)
-    else:
-        logits, offsets = _head_outputs(model, features, device)
     labels = rows["label"].to_numpy()
     loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.tensor(labels))
     errors = errors_km(logits, offsets, cells, rows)
     return {"val_loss": float(loss), "val_accuracy": float(np.mean(logits.argmax(1) == labels)),
             "val_median_km": float(np.median(errors))}
-
-
-@torch.no_grad()
-def _head_outputs(model: GeoNet, features: torch.Tensor, device):
-    model.eval()
-    logits, offsets = [], []
-    for start in range(0, len(features), FEATURE_BATCH):
-        out_logits, out_offsets = model.head_forward(features[start:start + FEATURE_BATCH]
-                                                     .to(device))
-        logits.append(out_logits.float().cpu())
-        if out_offsets is not None:
-            offsets.append(out_offsets.float().cpu())
-    return torch.cat(logits).numpy(), torch.cat(offsets).numpy() if offsets else None
 
 
 def _log_epoch(live, figures: dict, dist: Dist) -> None:

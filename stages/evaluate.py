@@ -1,4 +1,5 @@
-"""evaluate: score the trained model on the test split in kilometres, in every inference mode."""
+"""evaluate: score the trained model on the test split in kilometres, in every inference mode,
+and write the feature index the retrieval mode searches (the export ships it)."""
 
 import argparse
 import logging
@@ -6,11 +7,15 @@ from pathlib import Path
 
 from geoloc.checkpoint import check_cells, load_checkpoint
 from geoloc.data.cache import load_cache
-from geoloc.data.splits import load_cells, load_split
+from geoloc.data.features import features_of, load_features
+from geoloc.data.splits import SPLITS, load_cells, load_split
 from geoloc.eval_plots import write_plots
 from geoloc.evaluate import evaluate
+from geoloc.inference import Outputs
 from geoloc.io import write_json, write_parquet
+from geoloc.models.outputs import split_outputs
 from geoloc.params import load_params
+from geoloc.retrieval import RetrievalIndex
 from geoloc.stage import run_stage
 
 log = logging.getLogger("stages.evaluate")
@@ -21,6 +26,9 @@ def main() -> None:
     parser.add_argument("--model", default="models/model.pt")
     parser.add_argument("--splits", default="data/splits")
     parser.add_argument("--cache", default="data/cache")
+    parser.add_argument("--features", default="data/features")
+    parser.add_argument("--retrieval", default="models/retrieval.npz",
+                        help="the feature index of the training photos (retrieval mode)")
     parser.add_argument("--metrics", default="metrics/eval.json")
     parser.add_argument("--modes", default="metrics/eval_modes.json",
                         help="the figures of every inference mode")
@@ -34,14 +42,28 @@ def main() -> None:
     cells = load_cells(args.splits)
     check_cells(model_cells, cells, args.model)
     size = checkpoint["model"]["image_size"]
-    test = load_cache(args.cache, "test", size, load_split(args.splits, "test"))
-    val = load_cache(args.cache, "val", size, load_split(args.splits, "val"))
-    result = evaluate(model, test, cells, params.evaluate, val)
+    rows = {split: load_split(args.splits, split) for split in SPLITS}
+    features = {split: load_features(args.features, split, rows[split], params.features)
+                for split in SPLITS}
+    outputs = {}
+    for split in ("test", "val"):
+        # A frozen backbone's head reads the features; other models read the cached images.
+        data = (features[split] if checkpoint["model"]["freeze_backbone"] else
+                load_cache(args.cache, split, size, rows[split]))
+        outputs[split] = Outputs(data.rows, *split_outputs(model, data),
+                                 features=features_of(features[split], data.rows))
+    train = features["train"]
+    index = RetrievalIndex.build(train.features[train.rows["feature_row"]], train.rows["lat"],
+                                 train.rows["lon"], train.rows["label"],
+                                 params.evaluate.retrieval.dims)
+    result = evaluate(outputs["test"], cells, params.evaluate, outputs["val"], index)
+    index.save(args.retrieval)
 
     write_json(result.metrics, args.metrics)
     write_json(result.modes, args.modes)
     write_parquet(result.predictions, args.predictions)
-    write_plots(result, test, cells, Path(args.plots))
+    write_plots(result, load_cache(args.cache, "test", params.cache.sizes[0], rows["test"]),
+                cells, Path(args.plots))
     metrics = result.metrics
     log.info("test (%s, temperature %.2f): median %.2f km [%.2f, %.2f], p90 %.1f km, accuracy "
              "%.3f; floor %.2f km, baseline %.1f km", params.evaluate.mode,

@@ -1,16 +1,19 @@
 """export: a snapshot folder that predicts without the training code (TorchScript and ONNX
-models, cell table, preprocessing spec, params, metrics, model card), checked against eager
-PyTorch and timed on this CPU."""
+models, cell table, preprocessing spec, params, metrics, model card, and the feature index of
+the retrieval mode unless export.retrieval_index is false), checked against eager PyTorch and
+timed on this CPU."""
 
 import argparse
 import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from geoloc.checkpoint import check_cells, load_checkpoint
-from geoloc.data.cache import load_cache
+from geoloc.data.preprocess import read_squares
 from geoloc.data.splits import load_cells, load_split
-from geoloc.export import export_model, latency_figures
+from geoloc.export import add_retrieval, export_model, latency_figures
 from geoloc.io import atomic_dir, write_json
 from geoloc.model_card import model_card
 from geoloc.params import load_params
@@ -18,37 +21,44 @@ from geoloc.stage import run_stage
 
 log = logging.getLogger("stages.export")
 
-PARITY_IMAGES = 1024
+PARITY_IMAGES = 256
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="models/model.pt")
     parser.add_argument("--splits", default="data/splits")
-    parser.add_argument("--cache", default="data/cache")
+    parser.add_argument("--raw", default="data/raw")
+    parser.add_argument("--features", default="data/features",
+                        help="the features stage's (its features.onnx ships with the index)")
+    parser.add_argument("--retrieval", default="models/retrieval.npz",
+                        help="the evaluate stage's feature index")
     parser.add_argument("--out", default="models/export")
     parser.add_argument("--metrics", default="metrics/export.json")
     parser.add_argument("--eval", default="metrics/eval.json", help="the evaluate stage's")
     parser.add_argument("--data", default="metrics/data.json", help="the index stage's")
     args = parser.parse_args()
 
-    opset = load_params().export.opset
+    params = load_params()
     model, cells, checkpoint = load_checkpoint(args.model)
     check_cells(cells, load_cells(args.splits), args.model)
     size = checkpoint["model"]["image_size"]
-    test = load_cache(args.cache, "test", size, load_split(args.splits, "test"))
-    # Parity on a bounded sample: the first test images, read once into memory.
-    check = test.images[test.rows["cache_row"].to_numpy()[:PARITY_IMAGES]]
+    # Parity on a bounded sample: the first test photos, decoded as the predictor decodes them.
+    test = load_split(args.splits, "test").head(PARITY_IMAGES)
+    check = np.stack([read_squares(Path(args.raw) / path, (size,))[0] for path in test["path"]])
     evaluation = json.loads(Path(args.eval).read_text())
     data = json.loads(Path(args.data).read_text())
+    spec = {"mode": params.evaluate.mode, "temperature": evaluation.get("temperature", 1.0),
+            "sequence_temperature": evaluation.get("sequence_temperature", 1.0)}
     with atomic_dir(args.out) as tmp:
-        figures = export_model(model, cells, size, check, tmp, opset,
-                               evaluation.get("temperature", 1.0),
-                               evaluation.get("sequence_temperature", 1.0))
+        if params.export.retrieval_index:
+            spec["retrieval"] = add_retrieval(tmp, Path(args.features), Path(args.retrieval),
+                                              params.features.size, params.evaluate.retrieval)
+        figures = export_model(model, cells, size, check, tmp, params.export.opset, spec)
         write_json(checkpoint["params"], tmp / "params.json")
         write_json({"evaluate": evaluation, "export": figures}, tmp / "metrics.json")
         (tmp / "MODEL_CARD.md").write_text(model_card(checkpoint["params"], evaluation, data,
-                                                      figures))
+                                                      figures, spec))
         figures.update(latency_figures(model, tmp, check))
     write_json(figures, args.metrics)
     log.info("exported: ONNX %.2f MB, top-1 agreement %.4f; ms per image at batch 1: eager "

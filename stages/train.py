@@ -13,6 +13,7 @@ from dvclive import Live
 
 from geoloc.checkpoint import save_checkpoint
 from geoloc.data.cache import load_cache
+from geoloc.data.features import load_features
 from geoloc.data.splits import load_cells, load_split
 from geoloc.io import write_json
 from geoloc.models import build_model
@@ -37,6 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--splits", default="data/splits")
     parser.add_argument("--cache", default="data/cache")
+    parser.add_argument("--features", default="data/features",
+                        help="the features stage's (a frozen backbone trains on them)")
     parser.add_argument("--out", default="models/model.pt")
     parser.add_argument("--live", default="metrics/train", help="DVCLive folder")
     parser.add_argument("--resume", default="models/checkpoints/last.pt",
@@ -47,15 +50,22 @@ def main() -> None:
 
     params = load_params()
     dist = start_distributed()
-    sizes = params.cache.sizes
     cells = load_cells(args.splits)
-    train_rows = load_split(args.splits, "train")
-    train = {size: load_cache(args.cache, "train", size, train_rows) for size in sizes}
-    val = load_cache(args.cache, "val", sizes[0], load_split(args.splits, "val"))
+    rows = {split: load_split(args.splits, split) for split in ("train", "val")}
+    if params.model.freeze_backbone:
+        size = params.features.size
+        train, val = (load_features(args.features, split, rows[split], params.features)
+                      for split in ("train", "val"))
+        train_rows = train.rows
+    else:
+        size = params.cache.sizes[0]
+        train = {s: load_cache(args.cache, "train", s, rows["train"]) for s in params.cache.sizes}
+        val = load_cache(args.cache, "val", size, rows["val"])
+        train_rows = train[size].rows
 
     seed_everything(params.train.seed)
     model = build_model(params.model, len(cells))
-    stamp = fingerprint(as_dict(params), train[sizes[0]], val, cells)
+    stamp = fingerprint(as_dict(params), train_rows, val.rows, cells)
     resume = Path(args.resume)
     live = Live(args.live, dvcyaml=False, save_dvc_exp=False) if dist.main else _Silent()
     started = time.perf_counter()
@@ -67,7 +77,7 @@ def main() -> None:
             live.end()
         stop_distributed(dist)
     if dist.main:
-        save_checkpoint(args.out, model, cells, params.model, sizes[0], as_dict(params), summary)
+        save_checkpoint(args.out, model, cells, params.model, size, as_dict(params), summary)
         resume.unlink(missing_ok=True)  # finished: nothing left to resume
         minutes = (time.perf_counter() - started) / 60
         write_json({"train_minutes": minutes, "epochs_run": summary["epochs_run"],

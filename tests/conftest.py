@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from geoloc.params import Params, load_params, parse_params
 
@@ -88,4 +89,47 @@ def tiny_snapshot(tmp_path_factory) -> Path:
     check = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     out = tmp_path_factory.mktemp("snapshot")
     export_model(model, cells, 32, check, out, load_params(ROOT / "params.yaml").export.opset)
+    return out
+
+
+def noisy_photo(seed: int, size=(64, 48)) -> Image.Image:
+    """A noisy picture: distinct seeds give distinct model inputs and features."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="session")
+def retrieval_snapshot(tiny_snapshot, tmp_path_factory) -> Path:
+    """The tiny snapshot with a feature index, as the export stage adds it: a backbone as
+    features.onnx (an untrained tiny CNN's) and the index of 12 photos (noisy_photo(0..11)),
+    each placed at one of the snapshot's cells."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from geoloc.data.preprocess import to_square
+    from geoloc.models import FeatureExtractor, build_model
+    from geoloc.models.to_onnx import write_onnx
+    from geoloc.predictor import FEATURES_MODEL, RETRIEVAL_INDEX, SPEC_NAME
+    from geoloc.retrieval import RetrievalIndex
+
+    out = tmp_path_factory.mktemp("retrieval_snapshot")
+    shutil.copytree(tiny_snapshot, out, dirs_exist_ok=True)
+    torch.manual_seed(1)
+    extractor = FeatureExtractor(build_model(tiny_params(model={"width": 4}).model, 1))
+    write_onnx(extractor, torch.zeros((2, 32, 32, 3), dtype=torch.uint8), out / FEATURES_MODEL,
+               18, "features")
+    images = np.stack([to_square(noisy_photo(seed), 32) for seed in range(12)])
+    with torch.no_grad():
+        features = extractor(torch.from_numpy(images)).numpy()
+    labels = np.arange(12) % len(SNAPSHOT_CITIES)
+    lat = np.array([SNAPSHOT_CITIES[i][0] for i in labels]) + 0.01 * np.arange(12)
+    lon = np.array([SNAPSHOT_CITIES[i][1] for i in labels])
+    RetrievalIndex.build(features, lat, lon, labels, dims=8).save(out / RETRIEVAL_INDEX)
+    spec = json.loads((out / SPEC_NAME).read_text())
+    spec["retrieval"] = {"image_size": 32, "neighbours": 1, "within_top_cells": 0}
+    (out / SPEC_NAME).write_text(json.dumps(spec))
     return out

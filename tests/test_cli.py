@@ -7,11 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, noisy_photo
 from PIL import Image
 from PIL.ExifTags import IFD, Base
 
-from geoloc.predictor import Predictor
+from geoloc.predictor import RETRIEVAL_INDEX, Predictor
+from geoloc.retrieval import RetrievalIndex
 
 
 def write_photo(path, seed: int, when: str | None = None):
@@ -68,3 +69,18 @@ def test_a_sequence_counts_the_views_of_one_place_once(tiny_snapshot, tmp_path):
         sorted(expected, reverse=True), abs=1e-9)
     naive = log_probs.sum(axis=0)
     assert not np.allclose(np.exp(naive - np.logaddexp.reduce(naive)), expected, atol=1e-3)
+
+
+def test_modes_of_one_photo_and_retrieval(retrieval_snapshot, tiny_snapshot, tmp_path):
+    photo = tmp_path / "five.png"
+    noisy_photo(5).save(photo)
+    index = RetrievalIndex.load(retrieval_snapshot / RETRIEVAL_INDEX)
+    result = predict(retrieval_snapshot, photo, "--mode", "retrieval", "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["mode"] == "retrieval"
+    assert (answer["lat"], answer["lon"]) == (index.lat[5], index.lon[5])
+    result = predict(tiny_snapshot, photo, "--mode", "retrieval")
+    assert result.returncode == 2
+    assert "exported without its feature index" in result.stderr
+    assert "it serves argmax, topk, topk_mean" in result.stderr

@@ -13,7 +13,10 @@ from geoloc import geo, inference, metrics
 from geoloc.data.cache import CachedSplit
 from geoloc.errors import GeolocError
 from geoloc.evaluate import confusion_table, evaluate, extremes, fit_temperatures
+from geoloc.inference import Outputs
 from geoloc.models import build_model
+from geoloc.models.outputs import split_outputs
+from geoloc.retrieval import RetrievalIndex
 
 PARAMS = tiny_params()
 PARIS, NEAR_PARIS, MARSEILLE = (48.85, 2.35), (48.94, 2.35), (43.30, 5.37)
@@ -177,11 +180,11 @@ def test_reference_answers_and_modes_of_a_model_on_a_test_split():
     model = build_model(replace(PARAMS.model, width=4), len(cells)).eval()
     cfg = replace(PARAMS.evaluate, mode="sequence", top_k=2, bootstrap_samples=200,
                   calibrate=True)
-    result = evaluate(model, test, cells, cfg, val=split(cells, n=12))
+    result = evaluate(outputs(model, test), cells, cfg, val=outputs(model, split(cells, n=12)))
     figures = result.metrics
     assert figures["temperature"] != 1.0 and figures["sequence_temperature"] != 1.0
     assert 0 <= figures["sequence_expected_calibration_error"] <= 1
-    uncalibrated = evaluate(model, test, cells, replace(cfg, calibrate=False))
+    uncalibrated = evaluate(outputs(model, test), cells, replace(cfg, calibrate=False))
     assert uncalibrated.metrics["temperature"] == 1.0 == uncalibrated.metrics[
         "sequence_temperature"]
     assert uncalibrated.modes["argmax"] == result.modes["argmax"]
@@ -209,9 +212,12 @@ def test_an_empty_test_split_and_an_unavailable_mode_are_clear_errors():
     model = build_model(replace(PARAMS.model, width=4), len(cells)).eval()
     empty = split(cells, n=0)
     with pytest.raises(GeolocError, match="the test split has no images"):
-        evaluate(model, empty, cells, PARAMS.evaluate)
+        evaluate(outputs(model, empty), cells, PARAMS.evaluate)
     with pytest.raises(GeolocError, match="'hybrid' is not available for this model"):
-        evaluate(model, split(cells, n=4), cells, replace(PARAMS.evaluate, mode="hybrid"))
+        evaluate(outputs(model, split(cells, n=4)), cells, replace(PARAMS.evaluate, mode="hybrid"))
+    with pytest.raises(GeolocError, match="'retrieval' is not available for this model"):
+        evaluate(outputs(model, split(cells, n=4)), cells,
+                 replace(PARAMS.evaluate, mode="retrieval"))
 
 
 def test_confusion_keeps_the_most_frequent_cells_and_pools_the_rest(monkeypatch):
@@ -230,6 +236,10 @@ def test_extremes_title_the_best_and_the_worst():
     table = extremes(predictions, 2)
     assert table["image_id"].tolist() == ["b", "e", "d", "a"]
     assert table["title"].tolist() == ["best 1", "best 2", "worst 1", "worst 2"]
+
+
+def outputs(model, split: CachedSplit, features: np.ndarray | None = None) -> Outputs:
+    return Outputs(split.rows, *split_outputs(model, split), features=features)
 
 
 def split(cells: pd.DataFrame, n: int) -> CachedSplit:
@@ -268,3 +278,26 @@ def test_temperature_scaling_recovers_the_temperature_that_drew_the_labels():
         probs = np.exp(inference.log_softmax(logits / true_t))
         labels = (probs.cumsum(axis=1) < rng.random((len(probs), 1))).sum(axis=1)
         assert inference.fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
+
+
+def test_retrieval_is_scored_beside_the_other_modes_with_the_nearest_photo():
+    """Features that tell the three places apart, an untrained classifier: retrieval finds
+    each test photo's place among the training photos, the classifier's modes do not."""
+    cells = cell_table([PARIS, NEAR_PARIS, MARSEILLE])
+    rng = np.random.default_rng(5)
+    directions = rng.normal(0, 1, (3, 32))
+    train_labels = np.repeat(np.arange(3), 20)
+    index = RetrievalIndex.build(directions[train_labels] * 3 + rng.normal(0, 1, (60, 32)),
+                                 cells["lat"].to_numpy()[train_labels] + 0.01,
+                                 cells["lon"].to_numpy()[train_labels], train_labels, dims=8)
+    test = split(cells, n=30)
+    features = directions[test.rows["label"]] * 3 + rng.normal(0, 1, (30, 32))
+    model = build_model(replace(PARAMS.model, width=4), len(cells)).eval()
+    cfg = replace(PARAMS.evaluate, mode="retrieval", bootstrap_samples=200)
+    result = evaluate(outputs(model, test, features), cells, cfg, index=index)
+    assert "retrieval" in result.modes and result.modes["retrieval"]["accuracy"] == 1.0
+    assert result.metrics["median_km"] == result.modes["retrieval"]["median_km"] < 0.1
+    assert result.metrics["nearest_photo_median_km"] < 0.1
+    assert result.metrics["nearest_photo_p90_km"] >= result.metrics["nearest_photo_median_km"]
+    assert result.modes["argmax"]["accuracy"] < 1.0
+    assert (result.predictions["error_km"] == result.predictions["error_km_retrieval"]).all()

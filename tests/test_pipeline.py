@@ -28,7 +28,7 @@ TINY = {
     "train": {"epochs": 2, "batch_size": 32},
 }
 REPRODUCIBLE_STAGES = ["fetch@batch01", "fetch@batch02", "index", "split", "resize_cache",
-                       "train", "evaluate"]
+                       "features", "train", "evaluate"]
 
 
 def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -87,7 +87,8 @@ def test_repro_writes_every_metric(repo):
     assert evaluation["median_km"] <= evaluation["p90_km"]
     modes = json.loads((repo / "metrics/eval_modes.json").read_text())
     assert set(modes) == {"argmax", "topk", "topk_mean", "hierarchical", "sequence",
-                          "sequence_online"}
+                          "sequence_online", "retrieval"}
+    assert 0 < evaluation["nearest_photo_median_km"] <= evaluation["nearest_photo_p90_km"]
     assert modes["argmax"]["median_km"] == evaluation["median_km"]
     cities = pd.read_csv(repo / "plots/eval/cities.csv")
     assert cities["images"].sum() == evaluation["images"]
@@ -164,14 +165,20 @@ def test_export_snapshot_stands_alone_and_is_timed(repo):
     snapshot = repo / "models/export"
     assert {p.name for p in snapshot.iterdir()} == {
         "model.onnx", "model.ts", "cells.json", "model.json", "params.json", "metrics.json",
-        "MODEL_CARD.md"}
+        "MODEL_CARD.md", "features.onnx", "retrieval.npz"}
+    assert (snapshot / "features.onnx").read_bytes() == (
+        repo / "data/features/features.onnx").read_bytes()
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
     spec = json.loads((snapshot / "model.json").read_text())
     assert spec["temperature"] == evaluation["temperature"]
+    assert spec["sequence_temperature"] == evaluation["sequence_temperature"]
+    assert spec["mode"] == "argmax" and spec["retrieval"]["neighbours"] == 10
     assert json.loads((snapshot / "metrics.json").read_text())["evaluate"] == evaluation
     assert json.loads((snapshot / "params.json").read_text())["model"]["arch"] == "cnn"
     card = (snapshot / "MODEL_CARD.md").read_text()
     assert f"{evaluation['median_km']:.3g} km" in card and "synthetic world" in card
+    assert "The feature index holds the training photos' positions" in card
+    assert f"{spec['retrieval']['photos']:,} of them" in card
     export = json.loads((repo / "metrics/export.json").read_text())
     for runtime in ("eager", "torchscript", "onnx"):
         for batch in (1, 32):
@@ -198,7 +205,7 @@ def test_changed_param_reruns_only_what_depends_on_it(repo):
     result = run(["dvc", "repro"], repo)
     ran = {line.split("'")[1] for line in result.stdout.splitlines()
            if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate", "export"}
+    assert ran == {"train", "evaluate", "export"}   # the features are not computed again
     diff = run(["dvc", "params", "diff"], repo).stdout
     assert "train.epochs" in diff
 
@@ -215,7 +222,8 @@ def test_metrics_and_plots_diff_show_every_mode_and_plot(repo):
 
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo).stdout)
     modes = diff["metrics/eval_modes.json"]
-    for mode in ("argmax", "topk", "topk_mean", "hierarchical", "sequence", "sequence_online"):
+    for mode in ("argmax", "topk", "topk_mean", "hierarchical", "sequence", "sequence_online",
+                 "retrieval"):
         for key in ("median_km", "p90_km", "median_km_ci_low", "sequence_median_km"):
             assert f"{mode}.{key}" in modes, (mode, key)
     headline = diff["metrics/eval.json"]

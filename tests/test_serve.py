@@ -17,11 +17,12 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 import requests
-from conftest import ROOT
+from conftest import ROOT, noisy_photo
 from PIL import Image
 
 from geoloc.data.cities import load_cities
-from geoloc.predictor import Predictor
+from geoloc.predictor import RETRIEVAL_INDEX, Predictor
+from geoloc.retrieval import RetrievalIndex
 from geoloc.serve import create_app, serving
 from geoloc.upload import FORM_OVERHEAD
 
@@ -85,7 +86,8 @@ def test_model_describes_the_snapshot_and_its_metrics(tiny_snapshot, tmp_path):
 
 def test_model_without_metrics(server):
     about = requests.get(f"{server}/model", timeout=10).json()
-    assert set(about) == {"model", "cells", "limits"}
+    assert set(about) == {"model", "cells", "limits", "modes", "default_mode"}
+    assert about["modes"] == ["argmax", "topk", "topk_mean"] and about["default_mode"] == "argmax"
     assert about["limits"] == {"max_upload_bytes": 20_000_000, "max_pixels": 50_000_000,
                                "timeout_s": 30.0}
 
@@ -115,6 +117,31 @@ def test_prediction_matches_the_predictor(server, tiny_snapshot, fmt):
     hexagon = answer["top"][0]["boundary"]
     assert len(hexagon) == 6
     assert all(abs(lat - best.lat) < 0.5 and abs(lon - best.lon) < 0.5 for lat, lon in hexagon)
+
+
+def test_modes_from_the_form_or_the_query_and_retrieval(retrieval_snapshot):
+    """The answer names its mode; retrieval answers with the position of the most similar
+    training photo of the snapshot's index (here the photo itself); a mode the snapshot does
+    not serve is a 422 naming those it does."""
+    png = io.BytesIO()
+    noisy_photo(5).save(png, "PNG")
+    data = png.getvalue()
+    index = RetrievalIndex.load(retrieval_snapshot / RETRIEVAL_INDEX)
+    with serving(create_app(retrieval_snapshot)) as url:
+        about = requests.get(f"{url}/model", timeout=10).json()
+        assert about["modes"] == ["argmax", "topk", "topk_mean", "retrieval"]
+        default = post(url, data).json()
+        by_form = post(url, data, fields={"mode": "retrieval"}).json()
+        by_query = post(url, data, params={"mode": "retrieval"}).json()
+        topk = post(url, data, params={"mode": "topk"}).json()
+        refused = post(url, data, fields={"mode": "hybrid"})
+    assert default["mode"] == "argmax" == about["default_mode"]
+    assert by_form == by_query and by_form["mode"] == "retrieval"
+    assert (by_form["lat"], by_form["lon"]) == (index.lat[5], index.lon[5])
+    best = Predictor(retrieval_snapshot).predict([Image.open(io.BytesIO(data))], 5, "topk")[0]
+    assert (topk["mode"], topk["lat"], topk["lon"]) == ("topk", best.lat, best.lon)
+    assert_refused(refused, 422, "mode must be one of argmax, topk, topk_mean, retrieval",
+                   "'hybrid'")
 
 
 def test_top_k_from_the_query_or_the_form(server, tiny_snapshot):
@@ -250,7 +277,8 @@ def test_streamed_upload_over_the_limit_is_413(tiny_snapshot):
 
 def test_timeout_is_504(tiny_snapshot):
     with serving(create_app(tiny_snapshot, timeout_s=1e-9)) as url:
-        assert_refused(post(url, photo(7)), 504, "longer than")
+        # A large photo takes milliseconds to decode: the timeout always fires first.
+        assert_refused(post(url, photo(7, size=(2400, 1800))), 504, "longer than")
         # The server survives its abandoned prediction.
         assert requests.get(f"{url}/health", timeout=10).status_code == 200
 

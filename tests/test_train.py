@@ -11,6 +11,7 @@ import torch
 from conftest import tiny_params
 
 from geoloc.data.cache import CachedSplit
+from geoloc.data.features import FeatureSplit
 from geoloc.errors import GeolocError
 from geoloc.models import build_model
 from geoloc.train import _warmup_cosine, fit, seed_everything
@@ -47,6 +48,13 @@ def split(size: int, n: int = 48, seed: int = 0) -> CachedSplit:
     return CachedSplit(images, rows)
 
 
+def features_of(model, images: CachedSplit) -> FeatureSplit:
+    """What the features stage gives a frozen backbone: its features of every image."""
+    with torch.no_grad():
+        features = model.eval().features(torch.from_numpy(images.images)).numpy()
+    return FeatureSplit(features, images.rows.rename(columns={"cache_row": "feature_row"}))
+
+
 def train(model_changes=None, **train_changes):
     model_cfg = replace(PARAMS.model, width=4, **(model_changes or {}))
     cfg = replace(PARAMS.train, epochs=3, batch_size=16, patience=10, **train_changes)
@@ -54,8 +62,10 @@ def train(model_changes=None, **train_changes):
     model = build_model(model_cfg, len(CELLS))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sizes = [32, 40] if cfg.multiscale else [32]
-    summary = fit(model, {size: split(size) for size in sizes}, split(32, seed=1), CELLS, cfg,
-                  PARAMS.loss, Recorder())
+    train_split, val = {size: split(size) for size in sizes}, split(32, seed=1)
+    if model.frozen:
+        train_split, val = features_of(model, train_split[32]), features_of(model, val)
+    summary = fit(model, train_split, val, CELLS, cfg, PARAMS.loss, Recorder())
     return model, before, summary
 
 
@@ -80,12 +90,57 @@ def test_multiscale_epochs_cycle_through_the_cached_sizes(caplog):
     assert sizes == ["32", "40", "32"]
 
 
-def test_a_frozen_backbone_trains_the_head_alone():
+def test_a_frozen_backbone_trains_the_head_alone_on_the_features():
     model, before, _ = train({"freeze_backbone": True, "head": "mlp"}, augment=False)
     after = model.state_dict()
     for name, tensor in before.items():
         changed = not torch.equal(tensor, after[name])
         assert changed == name.startswith("head."), name
+
+
+def _frozen_epoch_on_rank(rank: int, world: int, port: int, out) -> None:
+    import torch.distributed as torch_dist
+
+    from geoloc.train import Dist
+
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                  world_size=world)
+    try:
+        seed_everything(0)
+        model = build_model(replace(PARAMS.model, width=4, freeze_backbone=True), len(CELLS))
+        features = features_of(model, split(32, n=129))
+        cfg = replace(PARAMS.train, epochs=2, batch_size=64, patience=10)
+        fit(model, features, features_of(model, split(32, seed=1)), CELLS, cfg, PARAMS.loss,
+            Recorder(), dist=Dist(rank, world))
+        out.put(rank)
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_a_frozen_backbone_trains_under_ddp_with_an_uneven_split():
+    """129 photos, 2 ranks, batches of 64: unpadded, rank 0 would take 2 steps and rank 1
+    one, and DDP would wait for rank 1's second step for ever."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.get_context("spawn")
+    out = context.SimpleQueue()
+    ranks = [context.Process(target=_frozen_epoch_on_rank, args=(rank, 2, port, out))
+             for rank in range(2)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(timeout=120)
+    hung = [process.pid for process in ranks if process.is_alive()]
+    for process in ranks:
+        process.kill()
+    assert not hung, "a rank is still waiting in a collective step"
+    assert [process.exitcode for process in ranks] == [0, 0]
+    assert sorted(out.get() for _ in range(2)) == [0, 1]
 
 
 def test_the_hybrid_head_learns_offsets():

@@ -66,10 +66,10 @@ def build_cache(rows: pd.DataFrame, raw_dir: Path, sizes: list[int], out_dir: Pa
     paths = [str(Path(raw_dir) / p) for p in rows["path"]]
     skipped = []
     with ExitStack() as stack:
-        files = [stack.enter_context(_row_file(cache_path(out_dir, split, size),
+        files = [stack.enter_context(row_file(cache_path(out_dir, split, size),
                                                (len(paths), size, size, 3)))
                  for size in sizes]
-        decoded = _decode_all(paths, sizes, draft, workers, stack)
+        decoded = decode_all(paths, sizes, draft, workers, stack)
         for i, result in enumerate(tqdm(decoded, total=len(paths), desc=f"{split} cache",
                                         unit="img", mininterval=2)):
             if isinstance(result, str):
@@ -89,7 +89,7 @@ def build_cache(rows: pd.DataFrame, raw_dir: Path, sizes: list[int], out_dir: Pa
             "skipped": skipped}
 
 
-def _decode_all(paths: list[str], sizes: list[int], draft: bool, workers: int,
+def decode_all(paths: list[str], sizes: list[int], draft: bool, workers: int,
                 stack: ExitStack):
     """Each image's squares (or why it failed), in order, from a pool of `workers` processes."""
     decode = partial(decode_squares, sizes=tuple(sizes), draft=draft)
@@ -108,17 +108,17 @@ def decode_squares(path: str, sizes: tuple[int, ...], draft: bool) -> list[np.nd
         return f"{type(exc).__name__}: {exc}"
 
 
-class _RowFile:
+class RowFile:
     """A preallocated .npy written row by row through a shared memory map; `release` writes
     the dirty pages out and drops them from this process, so its memory stays flat."""
 
-    def __init__(self, path: Path, shape: tuple[int, ...]):
-        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype=np.uint8):
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         offset = header.offset
         del header
         self._file = open(path, "r+b")  # noqa: SIM115 - closed in close()
         self._map = mmap.mmap(self._file.fileno(), 0)
-        self.rows = np.frombuffer(self._map, dtype=np.uint8, count=int(np.prod(shape)),
+        self.rows = np.frombuffer(self._map, dtype=dtype, count=int(np.prod(shape)),
                                   offset=offset).reshape(shape)
 
     def release(self) -> None:
@@ -133,10 +133,10 @@ class _RowFile:
 
 
 @contextmanager
-def _row_file(path: Path, shape: tuple[int, ...]) -> Iterator[_RowFile]:
-    """A _RowFile that appears under `path` only once complete."""
+def row_file(path: Path, shape: tuple[int, ...], dtype=np.uint8) -> Iterator[RowFile]:
+    """A RowFile that appears under `path` only once complete."""
     with atomic_path(path) as tmp:
-        file = _RowFile(tmp, shape)
+        file = RowFile(tmp, shape, dtype)
         try:
             yield file
         finally:

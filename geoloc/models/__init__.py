@@ -5,10 +5,10 @@ from __future__ import annotations
 from geoloc.errors import GeolocError
 from geoloc.models.cnn import build_cnn
 from geoloc.models.efficientnet import build_efficientnet_lite0
-from geoloc.models.geonet import GeoNet
+from geoloc.models.geonet import FeatureExtractor, GeoNet
 from geoloc.models.heads import Head
 from geoloc.models.resnet import build_resnet18
-from geoloc.params import ModelParams
+from geoloc.params import FeaturesParams, ModelParams
 
 # Each builder takes (cfg, pretrained) and returns a Backbone: the module, its feature width
 # and the input normalisation its weights expect.
@@ -18,7 +18,7 @@ BACKBONES = {
     "efficientnet_lite0": build_efficientnet_lite0,
 }
 
-__all__ = ["BACKBONES", "GeoNet", "build_model"]
+__all__ = ["BACKBONES", "FeatureExtractor", "GeoNet", "build_model", "feature_extractor"]
 
 
 def build_model(cfg: ModelParams, num_classes: int, *, load_weights: bool = True) -> GeoNet:
@@ -52,3 +52,12 @@ def build_model(cfg: ModelParams, num_classes: int, *, load_weights: bool = True
     if cfg.freeze_backbone:
         model.freeze_backbone()
     return model
+
+
+def feature_extractor(cfg: FeaturesParams) -> FeatureExtractor:
+    """The pretrained backbone of the features stage, from uint8 images to features (the
+    one-class head it is built with is not used)."""
+    frozen = ModelParams(arch=cfg.backbone, width=16, dropout=0.0, pretrained=True,
+                         weights_path=cfg.weights_path, freeze_backbone=True, head="linear",
+                         hybrid=False)
+    return FeatureExtractor(build_model(frozen, num_classes=1))

@@ -67,3 +67,16 @@ class GeoNet(nn.Module):
         if self.frozen:
             self.backbone.eval()
         return self
+
+
+class FeatureExtractor(nn.Module):
+    """uint8 images in, the backbone's features out: the model the features stage exports and
+    runs, and the one an export snapshot ships for retrieval."""
+
+    def __init__(self, net: GeoNet):
+        super().__init__()
+        self.net = net
+        self.eval()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.features(images)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from geoloc.data.cache import CachedSplit
+from geoloc.data.features import FeatureSplit
+from geoloc.models.geonet import GeoNet
+
 
 @torch.no_grad()
 def predict_outputs(model: torch.nn.Module, images: np.ndarray, positions=None, *,
@@ -34,3 +38,29 @@ def predict_outputs(model: torch.nn.Module, images: np.ndarray, positions=None, 
 
 def predict_logits(model: torch.nn.Module, images: np.ndarray, positions=None) -> np.ndarray:
     return predict_outputs(model, images, positions)[0]
+
+
+def split_outputs(model: GeoNet, split: CachedSplit | FeatureSplit, device=None,
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits, offsets) for the rows of a split: from its cached images or, for a model with
+    a frozen backbone, from its features (what the backbone computes from the images)."""
+    if isinstance(split, FeatureSplit):
+        positions = split.rows["feature_row"].to_numpy()
+        return _head_outputs(model, split.features, positions, device)
+    return predict_outputs(model, split.images, split.rows["cache_row"], device=device)
+
+
+@torch.no_grad()
+def _head_outputs(model: GeoNet, features: np.ndarray, positions: np.ndarray, device,
+                  batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray | None]:
+    model.eval()
+    logits, offsets = [], []
+    for start in range(0, len(positions), batch_size):
+        batch = torch.from_numpy(np.array(features[positions[start:start + batch_size]]))
+        out_logits, out_offsets = model.head_forward(batch.to(device or "cpu"))
+        logits.append(out_logits.float().cpu().numpy())
+        if out_offsets is not None:
+            offsets.append(out_offsets.float().cpu().numpy())
+    if not logits:
+        return np.zeros((0, 0), dtype=np.float32), None
+    return np.concatenate(logits), np.concatenate(offsets) if offsets else None

@@ -1,0 +1,146 @@
+"""Retrieval: the nearest training photos in a pretrained backbone's feature space, and one
+point made from their positions (../shared/reference/geolocation.md, "Retrieval and
+refinement").
+
+The index keeps the training photos' features reduced to their principal components and made
+unit length (so the inner product is the cosine similarity), with each photo's position and
+cell. It therefore holds the training photos' positions: whoever has the index can read them.
+A query's neighbours come from all training photos or, with `within_top_cells`, only from
+those of the classifier's likeliest cells (PIGEON refines inside its top cells the same way).
+Their positions make one point, the medoid: the neighbour with the least similarity-weighted
+distance to the others, so that neighbours split between two places pick one of them rather
+than a point between.
+
+Exact search over the stored vectors with faiss (inner product, flat indexes: one over every
+photo and one per cell), built when first asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from geoloc.errors import GeolocError
+from geoloc.geo import haversine_km
+
+INDEX_NAME = "retrieval.npz"
+ARRAYS = ("mean", "components", "vectors", "lat", "lon", "label")
+
+
+@dataclass
+class RetrievalIndex:
+    mean: np.ndarray         # D: the training features' mean
+    components: np.ndarray   # D x d: their principal components, the largest first
+    vectors: np.ndarray      # N x d float16: each training photo, projected, unit length
+    lat: np.ndarray          # N
+    lon: np.ndarray          # N
+    label: np.ndarray        # N: each photo's cell
+    _searchers: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, features: np.ndarray, lat, lon, label, dims: int) -> RetrievalIndex:
+        """The index of training photos with these features (N x D), keeping `dims`
+        principal components (0: all D)."""
+        features = np.asarray(features, dtype=np.float64)
+        if len(features) == 0:
+            raise GeolocError("retrieval: no training photo has features")
+        mean = features.mean(axis=0)
+        centred = features - mean
+        keep = features.shape[1] if dims == 0 else min(dims, *features.shape)
+        values, vectors = np.linalg.eigh(centred.T @ centred)
+        components = vectors[:, ::-1][:, :keep]
+        # An eigenvector's sign is arbitrary: fix it, so the same features give the same index.
+        signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(keep)])
+        components = (components * signs).astype(np.float32)
+        index = cls(mean.astype(np.float32), components, np.zeros((0, keep), np.float16),
+                    np.asarray(lat, np.float64), np.asarray(lon, np.float64),
+                    np.asarray(label, np.int64))
+        index.vectors = index.project(features).astype(np.float16)
+        return index
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """Features (Q x D) as unit vectors in the index's space (Q x d, float32)."""
+        projected = ((np.asarray(features, np.float32) - self.mean) @ self.components)
+        projected = np.ascontiguousarray(projected, dtype=np.float32)
+        faiss.normalize_L2(projected)
+        return projected
+
+    def save(self, path: Path | str) -> None:
+        np.savez(path, **{name: getattr(self, name) for name in ARRAYS})
+
+    @classmethod
+    def load(cls, path: Path | str) -> RetrievalIndex:
+        path = Path(path)
+        if not path.exists():
+            raise GeolocError(f"{path} not found: run the evaluate stage")
+        with np.load(path, allow_pickle=False) as arrays:
+            return cls(**{name: arrays[name] for name in ARRAYS})
+
+    def search(self, queries: np.ndarray, k: int, cells: np.ndarray | None = None,
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(photo numbers Q x k, similarities Q x k), most similar first, of the k nearest
+        training photos of each query (projected vectors); with `cells` (Q x c labels), among
+        the photos of those cells only. Where fewer than k photos qualify, the rest is -1."""
+        if cells is None:
+            return self._search_in(None, queries, k)
+        found = np.full((len(queries), cells.shape[1] * k), -1, dtype=np.int64)
+        similarity = np.full(found.shape, -np.inf, dtype=np.float32)
+        for column in range(cells.shape[1]):
+            for label in np.unique(cells[:, column]):
+                rows = np.flatnonzero(cells[:, column] == label)
+                ids, sims = self._search_in(int(label), queries[rows], k)
+                found[rows, column * k:(column + 1) * k] = ids
+                similarity[rows, column * k:(column + 1) * k] = np.where(ids >= 0, sims, -np.inf)
+        best = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+        return (np.take_along_axis(found, best, axis=1),
+                np.take_along_axis(similarity, best, axis=1))
+
+    def _search_in(self, label: int | None, queries: np.ndarray, k: int):
+        """Search the photos of cell `label` (None: every photo), as photo numbers."""
+        if label not in self._searchers:
+            members = (np.arange(len(self.label)) if label is None
+                       else np.flatnonzero(self.label == label))
+            searcher = faiss.IndexFlatIP(self.vectors.shape[1])
+            searcher.add(np.ascontiguousarray(self.vectors[members], dtype=np.float32))
+            self._searchers[label] = (searcher, members)
+        searcher, members = self._searchers[label]
+        if searcher.ntotal == 0:
+            return (np.full((len(queries), k), -1, np.int64),
+                    np.full((len(queries), k), -np.inf, np.float32))
+        sims, found = searcher.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return np.where(found >= 0, members[np.maximum(found, 0)], -1), sims
+
+
+def retrieval_points(index: RetrievalIndex, features: np.ndarray, log_probs: np.ndarray | None,
+                     neighbours: int, within_top_cells: int,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(label, lat, lon) per query: the medoid of the positions of its `neighbours` nearest
+    training photos, among those of its `within_top_cells` likeliest cells under `log_probs`
+    (0: among all); the label is the chosen photo's cell."""
+    queries = index.project(features)
+    cells = None
+    if within_top_cells > 0:
+        k = min(within_top_cells, log_probs.shape[1])
+        cells = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]
+    found, similarity = index.search(queries, neighbours, cells)
+    chosen = _medoids(index, found, similarity)
+    photo = found[np.arange(len(found)), chosen]
+    return index.label[photo], index.lat[photo], index.lon[photo]
+
+
+def _medoids(index: RetrievalIndex, found: np.ndarray, similarity: np.ndarray) -> np.ndarray:
+    """Per query, the column of the neighbour whose similarity-weighted distance to the other
+    neighbours is least (the most similar one on a tie)."""
+    valid = found >= 0
+    if not valid[:, 0].all():
+        raise GeolocError("retrieval: a query found no training photo (an empty cell index)")
+    ids = np.where(valid, found, found[:, :1])
+    lat, lon = index.lat[ids], index.lon[ids]
+    km = haversine_km(lat[:, :, None], lon[:, :, None], lat[:, None, :], lon[:, None, :])
+    weights = np.where(valid, np.clip(similarity, 0, None) + 1e-6, 0.0)
+    cost = (km * weights[:, None, :]).sum(axis=2)
+    cost[~valid] = np.inf
+    return cost.argmin(axis=1)

@@ -1,0 +1,78 @@
+"""Retrieval: the feature index (principal components, unit vectors), its search among all
+training photos or among those of the top cells, the medoid of the neighbours' positions."""
+
+import numpy as np
+import pytest
+
+from geoloc.errors import GeolocError
+from geoloc.geo import haversine_km
+from geoloc.retrieval import RetrievalIndex, _medoids, retrieval_points
+
+PLACES = np.array([[48.85, 2.35], [43.30, 5.37], [45.76, 4.84]])   # Paris, Marseille, Lyon
+
+
+def photos(n_per_place: int = 30, dim: int = 64, seed: int = 0):
+    """Features that say where a photo was taken: one direction per place, plus noise; each
+    photo a few hundred metres from its place's centre."""
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(0, 1, (len(PLACES), dim))
+    label = np.repeat(np.arange(len(PLACES)), n_per_place)
+    features = directions[label] * 3 + rng.normal(0, 1, (len(label), dim))
+    lat = PLACES[label, 0] + rng.normal(0, 0.003, len(label))
+    lon = PLACES[label, 1] + rng.normal(0, 0.003, len(label))
+    return features.astype(np.float32), lat, lon, label, directions
+
+
+def test_queries_find_the_photos_of_their_place():
+    features, lat, lon, label, directions = photos()
+    index = RetrievalIndex.build(features, lat, lon, label, dims=16)
+    assert index.vectors.shape == (90, 16) and index.vectors.dtype == np.float16
+    assert np.linalg.norm(index.vectors.astype(np.float32), axis=1) == pytest.approx(1, abs=1e-3)
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, 40)
+    queries = directions[truth] * 3 + rng.normal(0, 1, (40, 64))
+    cell, qlat, qlon = retrieval_points(index, queries, None, neighbours=5, within_top_cells=0)
+    assert (cell == truth).all()
+    assert haversine_km(PLACES[truth, 0], PLACES[truth, 1], qlat, qlon).max() < 2
+
+
+def test_the_medoid_stays_with_the_majority_of_the_neighbours():
+    """Of 5 neighbours, the most similar one is in Marseille and four are in Paris: the point
+    is one of Paris's, not Marseille nor anywhere between."""
+    features, lat, lon, label, _ = photos(n_per_place=4)
+    index = RetrievalIndex.build(features, lat, lon, label, dims=0)
+    found = np.array([[4, 0, 1, 2, 3], [4, 5, 0, -1, -1]])   # photos 4, 5: Marseille's
+    similarity = np.array([[0.9, 0.8, 0.8, 0.7, 0.7], [0.9, 0.8, 0.7, -np.inf, -np.inf]],
+                          dtype=np.float32)
+    chosen = _medoids(index, found, similarity)
+    assert label[found[0, chosen[0]]] == 0 and chosen[0] != 0
+    # Two of three valid neighbours in Marseille: the missing ones (-1) take no part.
+    assert label[found[1, chosen[1]]] == 1
+
+
+def test_within_top_cells_only_photos_of_those_cells_answer():
+    features, lat, lon, label, directions = photos()
+    index = RetrievalIndex.build(features, lat, lon, label, dims=16)
+    query = directions[[0]] * 3                     # looks like Paris
+    log_probs = np.log([[0.1, 0.6, 0.3]])           # the classifier prefers Marseille, Lyon
+    cell, _, _ = retrieval_points(index, query, log_probs, neighbours=5, within_top_cells=2)
+    assert cell.tolist() == [1] or cell.tolist() == [2]
+    found, similarity = index.search(index.project(query), 5, np.array([[1, 2]]))
+    assert set(label[found[0]]) <= {1, 2} and (np.diff(similarity[0]) <= 0).all()
+    # In a cell with fewer photos than neighbours asked for, the rest is -1.
+    found, _ = index.search(index.project(query), 40, np.array([[0]]))
+    assert (found[0, :30] >= 0).all() and (found[0, 30:] == -1).all()
+
+
+def test_the_index_is_the_same_from_the_same_features_and_survives_a_round_trip(tmp_path):
+    features, lat, lon, label, _ = photos()
+    first = RetrievalIndex.build(features, lat, lon, label, dims=8)
+    second = RetrievalIndex.build(features.copy(), lat, lon, label, dims=8)
+    first.save(tmp_path / "a.npz")
+    second.save(tmp_path / "b.npz")
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    loaded = RetrievalIndex.load(tmp_path / "a.npz")
+    for name in ("mean", "components", "vectors", "lat", "lon", "label"):
+        assert np.array_equal(getattr(loaded, name), getattr(first, name)), name
+    with pytest.raises(GeolocError, match="not found: run the evaluate stage"):
+        RetrievalIndex.load(tmp_path / "missing.npz")
