@@ -38,6 +38,7 @@ bench: install
 	$(PY) bench/fetch.py --out metrics/bench.json
 	$(PY) bench/data.py --out metrics/bench.json
 	$(PY) bench/serve.py --out metrics/bench.json
+	$(PY) bench/features.py --out metrics/bench.json
 
 # The web demo in headless Chromium, on the exported model and a photo of data/raw.
 screenshot: install

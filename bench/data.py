@@ -13,7 +13,6 @@ long side, rendered by the synthetic world. Measured:
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from torchvision import transforms
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from process import run_measured  # noqa: E402
 from results import record  # noqa: E402
 
 from geoloc.data.augment import BatchAugment  # noqa: E402
@@ -61,32 +61,12 @@ def render_benchmark_set(folder: Path, images: int) -> pd.DataFrame:
 
 def timed_build(rows_file: Path, raw: Path, out: Path, size: int, workers: int,
                 draft: bool) -> dict:
-    """Build in a fresh process (bench/cache_build.py), sampling the resident memory of it and
-    its workers together every 20 ms: the build's peak, shared pages counted in each."""
+    """Build in a fresh process (bench/cache_build.py), with the peak memory of it and its
+    workers together."""
     command = [sys.executable, str(Path(__file__).with_name("cache_build.py")), str(rows_file),
                str(raw), str(out), str(size), str(workers), "1" if draft else "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    peak = 0
-    while process.poll() is None:
-        peak = max(peak, tree_rss_kib(process.pid))
-        time.sleep(0.02)
-    if process.returncode != 0:
-        raise SystemExit(f"cache build failed ({process.returncode})")
-    figures = json.loads(process.stdout.read().strip().splitlines()[-1])
-    return {**figures, "peak_rss_mb": peak / 1024}
-
-
-def tree_rss_kib(pid: int) -> int:
-    """Resident memory of a process and all its descendants, in KiB (0 once gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        rss = next(int(line.split()[1]) for line in status.splitlines()
-                   if line.startswith("VmRSS:"))
-        children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-                    for c in (task / "children").read_text().split()]
-    except (FileNotFoundError, ProcessLookupError, StopIteration):
-        return 0
-    return rss + sum(tree_rss_kib(child) for child in children)
+    _, peak_mb, stdout = run_measured(command)
+    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_rss_mb": peak_mb}
 
 
 class JpegFiles(Dataset):

@@ -86,3 +86,26 @@ def ms(when: dt.datetime) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return (when - EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def written_exif(lat: float, lon: float, when_ms: int) -> Image.Exif:
+    """The EXIF tags a phone writes for a photo taken at (lat, lon) at `when_ms` (ms UTC):
+    GPS position as degrees, minutes and seconds with hemispheres, and the capture time with
+    its offset (UTC)."""
+    exif = Image.Exif()
+    gps = exif.get_ifd(IFD.GPSInfo)
+    gps[GPS.GPSLatitudeRef], gps[GPS.GPSLatitude] = "N" if lat >= 0 else "S", _dms(lat)
+    gps[GPS.GPSLongitudeRef], gps[GPS.GPSLongitude] = "E" if lon >= 0 else "W", _dms(lon)
+    details = exif.get_ifd(IFD.Exif)
+    when = EPOCH + dt.timedelta(milliseconds=when_ms)
+    details[Base.DateTimeOriginal] = when.strftime("%Y:%m:%d %H:%M:%S")
+    details[Base.OffsetTimeOriginal] = "+00:00"
+    return exif
+
+
+def _dms(degrees: float) -> tuple[float, float, float]:
+    """Unsigned degrees, minutes, seconds (to 0.1 mm), as cameras write them."""
+    degrees = abs(degrees)
+    whole = int(degrees)
+    minutes = int((degrees - whole) * 60)
+    return float(whole), float(minutes), round((degrees - whole - minutes / 60) * 3600, 6)

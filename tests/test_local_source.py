@@ -129,13 +129,13 @@ def test_csv_overrides_exif_and_gives_sequence_and_time(tmp_path, monkeypatch):
     write_photo(folder / "sub" / "b.jpeg")
     write_photo(folder / "sub" / "c.jpg", BREST, when="2019:01:01 00:00:00")
     write_photo(folder / "d.jpg", SANTIAGO)
-    (tmp_path / "positions.csv").write_text(
+    (folder / "positions.csv").write_text(
         "image,lat,lon,sequence_id,captured_at\n"
         "a.jpg,48.8566,2.3522,trip1,1620000000000\n"
         "sub/b.jpeg,48.8397,2.2399,trip1,2021-05-01T12:30:00+02:00\n"
         "./sub/c.jpg,48.8600,2.3500,,2021-05-01T10:30:00\n")
 
-    df = fetch(tmp_path, "photos", csv="positions.csv")
+    df = fetch(tmp_path, "photos", csv="photos/positions.csv")
     rows = by_name(df, folder, {"a": "a.jpg", "b": "sub/b.jpeg", "c": "sub/c.jpg",
                                 "d": "d.jpg"})
     assert (rows.loc["a", "lat"], rows.loc["a", "lon"]) == (48.8566, 2.3522)
@@ -278,7 +278,7 @@ def test_bad_csv_names_file_and_line(tmp_path, header, line, message):
     write_photo(folder / "b.jpg", BREST)
     columns = header.count(",") + 1
     first = ",".join(["b.jpg", "48.39", "-4.48", "1620000000000"][:columns])
-    csv = tmp_path / "positions.csv"
+    csv = folder / "positions.csv"
     csv.write_text(f"{header}\n{first}\n{line}\n")
     where = f"{csv}:1" if message.startswith(("the header", "each")) else f"{csv}:3"
 
@@ -294,3 +294,18 @@ def test_missing_folder_or_csv_is_one_clear_error(tmp_path):
     write_photo(tmp_path / "photos" / "a.jpg", BREST)
     with pytest.raises(GeolocError, match=r"fetch\.local\.csv: .*nothing\.csv.*not found"):
         fetch(tmp_path, tmp_path / "photos", csv=tmp_path / "nothing.csv")
+
+
+def test_a_csv_names_photos_from_its_own_folder(tmp_path):
+    """A CSV kept beside its photos in a subfolder lists them by their names there; a path
+    may climb to another subfolder, never out of the photo folder."""
+    folder = tmp_path / "photos"
+    write_photo(folder / "trip" / "a.jpg")
+    write_photo(folder / "other" / "b.jpg")
+    csv = folder / "trip" / "photos.csv"
+    csv.write_text("image,lat,lon\na.jpg,48.39,-4.48\n../other/b.jpg,48.40,-4.48\n")
+    df = fetch(tmp_path, folder, csv=csv)
+    assert sorted(df["lat"]) == [48.39, 48.40]
+    csv.write_text("image,lat,lon\n../../a.jpg,48.39,-4.48\n")
+    with pytest.raises(local.LocalSourceError, match=r"must be a path inside .* \(from the CSV"):
+        fetch(tmp_path, folder, csv=csv)

@@ -107,10 +107,12 @@ def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
 
     Under the spatial protocol an image lying in a block of another split than its own is
     dropped (the ends of drives that leave their home block), so no test or val block holds a
-    train image. Val and test then keep one image per sequence if asked, and lose the images
-    whose cell has no training image: no point can be learnt for them. A cell's point is the
+    train image. Val and test then keep one image per sequence if asked. A cell's point is the
     mean position of its training images; a cell with none keeps its hexagon centre, which
-    uses no data and so cannot leak.
+    uses no data and so cannot leak. Val and test images in such a cell stay: they are the
+    photos of places training never saw, which a user's photos can be too (a classifier
+    cannot name their cell; retrieval may still find a neighbour), and dropping them would
+    flatter every figure. The audit counts them.
     """
     block_resolution = resolve_block_resolution(cfg.block_resolution, cells)
     groups = twin_groups(images, cfg.twin_max_gap_s, cfg.twin_max_gap_m)
@@ -119,7 +121,7 @@ def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
     units = group if cfg.protocol == "sequence" else home_blocks(group, blocks)
     split = assign_units(images, units, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     dropped = {reason: dict.fromkeys(SPLITS, 0) for reason in
-               ("outside_block", "one_per_sequence", "no_train_cell")}
+               ("outside_block", "one_per_sequence")}
     if cfg.protocol == "spatial":
         keep = split == block_splits(blocks, units, split)
         dropped["outside_block"] = _count(split[~keep])
@@ -135,15 +137,14 @@ def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
     cells["n_train"] = cells["n_train"].fillna(0).astype("int64")
     cells["lat"] = cells["lat"].fillna(cells["center_lat"])
     cells["lon"] = cells["lon"].fillna(cells["center_lon"])
-    keep = images.loc[split.index, "label"].isin(points.index)
-    dropped["no_train_cell"] = _count(split[~keep])
-    split = split[keep]
+    unseen = _count(split[~images.loc[split.index, "label"].isin(points.index)])
     frames = {name: images.loc[split.index[split == name]].sort_values("image_id")
               .reset_index(drop=True) for name in SPLITS}
     audit = split_audit(frames, groups, block_resolution)
     audit["images_dropped"] = dropped
     audit["block_resolution"] = block_resolution
     audit["cells_without_train_images"] = int((cells["n_train"] == 0).sum())
+    audit["images_in_cells_without_train_images"] = unseen
     return frames, cells, audit
 
 

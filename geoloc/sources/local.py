@@ -213,16 +213,17 @@ def _first(*values):
 # ------------------------------------------------------------------------------------- CSV
 
 def _read_csv(path: Path, folder: Path, skipped: dict[str, list[str]]) -> dict[str, _Listed]:
-    """The CSV's rows keyed by the photo's path relative to the folder; a row naming no file
-    is skipped (under "missing_file")."""
+    """The CSV's rows keyed by the photo's path relative to the folder (the CSV names photos
+    relative to its own folder); a row naming no file is skipped (under "missing_file")."""
     reader = csv.DictReader(io.StringIO(_csv_file_text(path), newline=""))
     _check_header(path, reader)
+    base = Path(os.path.relpath(path.parent, folder))
     listed: dict[str, _Listed] = {}
     lines: dict[str, int] = {}
     try:
         for row in reader:
             where = f"{path}:{reader.line_num}"
-            rel, info = _parse_row(row, folder, where)
+            rel, info = _parse_row(row, base, folder, where)
             if rel in lines:
                 raise LocalSourceError(f"{where}: {rel} is listed a second time (first on line "
                                        f"{lines[rel]})")
@@ -262,10 +263,10 @@ def _check_header(path: Path, reader: csv.DictReader) -> None:
                  ", ".join(c for c in reader.fieldnames if c not in ignored))
 
 
-def _parse_row(row: dict, folder: Path, where: str) -> tuple[str, _Listed]:
+def _parse_row(row: dict, base: Path, folder: Path, where: str) -> tuple[str, _Listed]:
     if None in row:   # DictReader's key for fields beyond the header
         raise LocalSourceError(f"{where}: more fields than the header names")
-    return _listed_image(row["image"], folder, where), _Listed(
+    return _listed_image(row["image"], base, folder, where), _Listed(
         lat=_csv_number(row["lat"], "lat", 90, where),
         lon=_csv_number(row["lon"], "lon", 180, where),
         sequence_id=_csv_text(row.get("sequence_id")),
@@ -279,12 +280,14 @@ def _csv_text(text: str | None) -> str | None:
     return (text or "").strip() or None
 
 
-def _listed_image(text: str | None, folder: Path, where: str) -> str:
-    """The listed image's path relative to the folder, as the folder scan spells it."""
+def _listed_image(text: str | None, base: Path, folder: Path, where: str) -> str:
+    """The path of an image listed in a CSV in folder/base, relative to the folder, as the
+    folder scan spells it."""
     text = (text or "").strip()
-    rel = Path(os.path.normpath(text)) if text else None
-    if rel is None or rel.is_absolute() or ".." in rel.parts[:1]:
-        raise LocalSourceError(f"{where}: image {text!r} must be a path inside {folder}")
+    rel = Path(os.path.normpath(base / text)) if text else None
+    if rel is None or Path(text).is_absolute() or ".." in rel.parts[:1]:
+        raise LocalSourceError(f"{where}: image {text!r} must be a path inside {folder} "
+                               f"(from the CSV's own folder)")
     if rel.suffix.lower() not in JPEG_SUFFIXES:
         raise LocalSourceError(f"{where}: image {text!r} is not a .jpg/.jpeg file")
     return rel.as_posix()

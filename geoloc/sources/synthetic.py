@@ -34,6 +34,7 @@ Generative model
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -999,3 +1000,43 @@ def _render_city(city: _City, settings: dict, batch: str, image_dir: Path) -> li
                 "width": width, "height": height,
             })
     return rows
+
+
+# ------------------------------------------------------------------ panoramas of one place
+
+# The faces of a panorama camera, as (direction turn, yaw): front, right, back, left. The
+# corridor renderer looks along a street, so the side faces look 60 degrees off its axis.
+FACES = ((0, 0.0), (0, math.radians(60)), (2, 0.0), (2, math.radians(60)))
+
+
+@dataclass(frozen=True)
+class PanoramaView:
+    drive: int
+    stop: int
+    face: int
+    lat: float
+    lon: float
+    captured_at: int      # ms UTC, one per stop: the faces are taken together
+    pixels: np.ndarray    # H x W x 3 uint8
+
+
+def panorama_views(city_row, seed: int, drives: int, stops: int, width: int):
+    """Drives through one city of data/cities.csv that stop `stops` times and take the four
+    faces of a panorama at each stop (FACES): photos as a user with a 360 camera has them,
+    for trying and testing the local source. Yields PanoramaView, drive by drive."""
+    city = _make_city(city_row, seed)
+    height = round(width * 3 / 4)
+    for s in range(drives):
+        rng, noise_rng = city.rng(RNG_SEQUENCE, s), city.rng(RNG_NOISE, s)
+        path = _drive(city, rng, stops)
+        enu = city.to_enu(np.array([g for g, _ in path]))
+        times, hour = _capture_times(rng, np.hypot(*np.diff(enu, axis=0).T))
+        cam = _camera(city, rng, noise_rng, hour, width, height)
+        lat, lon = city.to_latlon(enu + rng.uniform(-GPS_NOISE_M, GPS_NOISE_M, size=enu.shape))
+        for f, (g, d) in enumerate(path):
+            for face, (turn, yaw) in enumerate(FACES):
+                shot = _Shot(g=g, d=(d + turn) % 4, shift_px=(0.0, 0.0), roll=0.0, gain=1.0)
+                pixels = _render(city, dataclasses.replace(cam, yaw=cam.yaw + yaw), shot,
+                                 width, height, noise_rng)
+                yield PanoramaView(s, f, face, float(lat[f]), float(lon[f]), int(times[f]),
+                                   pixels)
