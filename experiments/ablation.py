@@ -35,10 +35,9 @@ CONFIGS = {
     "effnet-pretrained-lr0.001": {"model.arch": "efficientnet_lite0",
                                   "model.pretrained": "true", "train.lr": "0.001"},
     "effnet-frozen-linear": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
-                             "model.freeze_backbone": "true", "train.augment": "false"},
+                             "model.freeze_backbone": "true"},
     "effnet-frozen-mlp": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
-                          "model.freeze_backbone": "true", "model.head": "mlp",
-                          "train.augment": "false"},
+                          "model.freeze_backbone": "true", "model.head": "mlp"},
 }
 COLUMNS = [("median km", "metrics/eval.json", "median_km"),
            ("p90 km", "metrics/eval.json", "p90_km"),

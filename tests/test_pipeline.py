@@ -185,6 +185,21 @@ def test_export_snapshot_stands_alone_and_is_timed(repo):
             assert export[f"latency_ms_{runtime}_batch{batch}"] > 0
 
 
+def test_an_export_without_the_feature_index(repo, tmp_path):
+    """export.retrieval_index false: no training photo's position leaves with the snapshot,
+    and the snapshot does not offer the retrieval mode."""
+    work = shutil.copytree(repo, tmp_path / "work", symlinks=True)
+    write_params(work, **{**TINY, "export": {"retrieval_index": False}})
+    run([sys.executable, "stages/export.py", "--out", "models/bare", "--metrics",
+         "metrics/bare.json"], work)
+    names = {p.name for p in (work / "models/bare").iterdir()}
+    assert "retrieval.npz" not in names and "features.onnx" not in names
+    assert "No feature index" in (work / "models/bare/MODEL_CARD.md").read_text()
+    from geoloc.predictor import Predictor
+
+    assert Predictor(work / "models/bare").modes == ("argmax", "topk", "topk_mean")
+
+
 def test_second_repro_does_nothing(repo):
     result = run(["dvc", "repro"], repo)
     assert "Running stage" not in result.stdout
