@@ -38,10 +38,16 @@ CONFIGS = {
                              "model.freeze_backbone": "true"},
     "effnet-frozen-mlp": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
                           "model.freeze_backbone": "true", "model.head": "mlp"},
+    # The README's own-photos preset on the default world: the linear probe, with retrieval
+    # among all training photos as the headline.
+    "own-photos-preset": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
+                          "model.freeze_backbone": "true", "evaluate.mode": "retrieval",
+                          "evaluate.retrieval.within_top_cells": "0"},
 }
 COLUMNS = [("median km", "metrics/eval.json", "median_km"),
            ("p90 km", "metrics/eval.json", "p90_km"),
            ("accuracy", "metrics/eval.json", "accuracy"),
+           ("nearest photo median km", "metrics/eval.json", "nearest_photo_median_km"),
            ("training minutes", "metrics/train_time.json", "train_minutes")]
 
 

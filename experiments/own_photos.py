@@ -12,6 +12,7 @@ pipeline does with a folder of one region; which model wins on real photos they 
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,9 @@ FIGURES = ("median_km", "p90_km", "accuracy")
 
 
 def run(args: list[str], cwd: Path) -> str:
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    # The clone's own geoloc, not the one the environment has installed (this checkout's).
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n"
                          f"{result.stderr[-3000:]}")
@@ -70,7 +73,10 @@ def region(tmp: Path, seed: int) -> Path:
 
 
 def measure(repo: Path, changes: dict) -> dict:
-    """The test figures of one configuration: every mode's, and the references."""
+    """The test figures of one configuration (HEAD's params, DATA and `changes`): every mode's,
+    and the references."""
+    # `dvc exp run` leaves its params in the workspace: start each run from HEAD's.
+    run(["git", "checkout", "--", "params.yaml"], repo)
     sets = [arg for key, value in {**DATA, **changes}.items() for arg in ("-S", f"{key}={value}")]
     run(["dvc", "exp", "run", "evaluate", *sets], repo)
     return {"modes": json.loads((repo / "metrics/eval_modes.json").read_text()),

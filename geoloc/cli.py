@@ -4,7 +4,6 @@ HTTP with a web page, and purge raw JPEGs that the resize cache has made redunda
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from geoloc.errors import GeolocError
-from geoloc.exif import photo_time
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError)
@@ -78,8 +76,7 @@ def _predict(args) -> int:
     failed = 0
     for path in paths:
         try:
-            with Image.open(path) as image:
-                (prediction,) = predictor.predict([image], args.top_k, args.mode)
+            (prediction,) = predictor.predict([path], args.top_k, args.mode)
         except UNREADABLE as exc:
             print(f"geoloc: cannot read {path}: {exc}", file=sys.stderr)
             failed += 1
@@ -89,8 +86,7 @@ def _predict(args) -> int:
 
 
 def _predict_sequence(predictor, paths: list[Path], args, table: _Table) -> int:
-    """One prediction from every readable photo; the unreadable ones are named and skipped.
-    Photos taken at one moment (EXIF DateTimeOriginal) are views of one place."""
+    """One prediction from every readable photo; the unreadable ones are named and skipped."""
     readable = []
     for path in paths:
         try:
@@ -101,11 +97,7 @@ def _predict_sequence(predictor, paths: list[Path], args, table: _Table) -> int:
             print(f"geoloc: cannot read {path}: {exc}", file=sys.stderr)
     if not readable:
         raise GeolocError("--sequence: none of the photos could be read")
-    # Open together so the predictor decodes each at its input size (JPEG draft mode).
-    with contextlib.ExitStack() as stack:
-        images = [stack.enter_context(Image.open(path)) for path in readable]
-        prediction = predictor.predict_sequence(images, args.top_k,
-                                                [photo_time(image) for image in images])
+    prediction = predictor.predict_sequence(readable, args.top_k)
     table.row(f"sequence of {len(readable)} photos", prediction)
     return 1 if len(readable) < len(paths) else 0
 

@@ -130,7 +130,8 @@ def figures(errors_km: np.ndarray, labels: np.ndarray, rows: pd.DataFrame,
 
 def nearest_photo(index: RetrievalIndex, features: np.ndarray, rows: pd.DataFrame) -> dict:
     """The answer of a lookup with no model: the position of the single most similar training
-    photo in the backbone's feature space, the reference a real-photo model must beat."""
+    photo in the feature index (the backbone's features, reduced to the index's principal
+    components), the reference a real-photo model must beat."""
     _, lat, lon = retrieval_points(index, features, None, neighbours=1, within_top_cells=0)
     errors = haversine_km(rows["lat"], rows["lon"], lat, lon)
     return {"nearest_photo_median_km": float(np.median(errors)),

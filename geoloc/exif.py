@@ -46,14 +46,18 @@ def compass(gps: dict) -> float | None:
 
 
 def capture_time(details: dict) -> int | None:
-    """DateTimeOriginal of the Exif folder `details` in ms UTC, shifted by OffsetTimeOriginal
+    """DateTimeOriginal of the Exif folder `details` in ms UTC, with its fraction of a second
+    (SubsecTimeOriginal: frames of a burst are not one moment), shifted by OffsetTimeOriginal
     when the camera wrote one."""
     stamp = text(details.get(Base.DateTimeOriginal))
     try:
         when = dt.datetime.strptime(stamp, "%Y:%m:%d %H:%M:%S")
     except (TypeError, ValueError):   # absent, or blanks and zeros from a camera without a clock
         return None
-    return ms(when.replace(tzinfo=_utc_offset(text(details.get(Base.OffsetTimeOriginal)))))
+    fraction = text(details.get(Base.SubsecTimeOriginal)) or ""
+    millis = int(fraction[:3].ljust(3, "0")) if fraction.isdigit() else 0
+    offset = _utc_offset(text(details.get(Base.OffsetTimeOriginal)))
+    return ms(when.replace(tzinfo=offset)) + millis
 
 
 def _utc_offset(offset: str | None) -> dt.tzinfo:
@@ -91,7 +95,7 @@ def ms(when: dt.datetime) -> int:
 def written_exif(lat: float, lon: float, when_ms: int) -> Image.Exif:
     """The EXIF tags a phone writes for a photo taken at (lat, lon) at `when_ms` (ms UTC):
     GPS position as degrees, minutes and seconds with hemispheres, and the capture time with
-    its offset (UTC)."""
+    its milliseconds and offset (UTC)."""
     exif = Image.Exif()
     gps = exif.get_ifd(IFD.GPSInfo)
     gps[GPS.GPSLatitudeRef], gps[GPS.GPSLatitude] = "N" if lat >= 0 else "S", _dms(lat)
@@ -99,6 +103,7 @@ def written_exif(lat: float, lon: float, when_ms: int) -> Image.Exif:
     details = exif.get_ifd(IFD.Exif)
     when = EPOCH + dt.timedelta(milliseconds=when_ms)
     details[Base.DateTimeOriginal] = when.strftime("%Y:%m:%d %H:%M:%S")
+    details[Base.SubsecTimeOriginal] = f"{when_ms % 1000:03d}"
     details[Base.OffsetTimeOriginal] = "+00:00"
     return exif
 

@@ -12,15 +12,20 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pandas as pd
 import torch
 
-from geoloc.models.outputs import predict_logits
 from geoloc.models.to_onnx import write_onnx
+from geoloc.outputs import predict_logits
 from geoloc.params import RetrievalParams
-from geoloc.predictor import CELLS_NAME, FEATURES_MODEL, MODEL_NAME, RETRIEVAL_INDEX, SPEC_NAME
-from geoloc.retrieval import RetrievalIndex
+from geoloc.predictor import (
+    CELLS_NAME,
+    FEATURES_MODEL,
+    MODEL_NAME,
+    RETRIEVAL_INDEX,
+    SPEC_NAME,
+    onnx_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +78,7 @@ def latency_figures(model: torch.nn.Module, out_dir: Path, images: np.ndarray) -
     of LATENCY_BATCHES (timings: they go to metrics, never into the snapshot)."""
     with _torchscript_deprecation_quiet():
         scripted = torch.jit.load(str(out_dir / TORCHSCRIPT_NAME))
-    session = ort.InferenceSession(str(out_dir / MODEL_NAME), providers=["CPUExecutionProvider"])
+    session = onnx_session(out_dir / MODEL_NAME)
     runtimes = {
         "eager": lambda batch: model(torch.from_numpy(batch)),
         "torchscript": lambda batch: scripted(torch.from_numpy(batch)),
@@ -106,9 +111,10 @@ def add_retrieval(out_dir: Path, features_dir: Path, index_path: Path, size: int
     feature index (retrieval.npz) into out_dir; return the spec the predictor searches with."""
     shutil.copyfile(features_dir / FEATURES_MODEL, out_dir / FEATURES_MODEL)
     shutil.copyfile(index_path, out_dir / RETRIEVAL_INDEX)
+    with np.load(index_path) as index:
+        photos = len(index["label"])
     return {"image_size": size, "neighbours": cfg.neighbours,
-            "within_top_cells": cfg.within_top_cells,
-            "photos": len(RetrievalIndex.load(index_path).label)}
+            "within_top_cells": cfg.within_top_cells, "photos": photos}
 
 
 def write_cells(cells: pd.DataFrame, path: Path) -> None:
@@ -117,7 +123,7 @@ def write_cells(cells: pd.DataFrame, path: Path) -> None:
 
 
 def onnx_logits(path: Path, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     return np.concatenate([
         session.run(["logits"], {"images": np.ascontiguousarray(images[i:i + batch_size])})[0]
         for i in range(0, len(images), batch_size)

@@ -175,15 +175,16 @@ def sequence_evidence(log_probs: np.ndarray, rows: pd.DataFrame, *, online: bool
 
 
 def view_places(rows: pd.DataFrame) -> np.ndarray:
-    """A key per place a photo was taken from: its view group where a source gave one, else
-    its sequence and capture time where the time is known (> 0), else the photo itself. The
+    """A key per place a photo was taken from, within its sequence: its view group where a
+    source gave one, else its capture time where known (> 0), else the photo itself. The
     position is never used: it is what is being predicted."""
     sequence = rows["sequence_id"].fillna(rows["image_id"]).astype(str)
     time = rows["captured_at"].astype("int64")
     own = "photo:" + rows["image_id"].astype(str)
     moment = ("moment:" + sequence + "@" + time.astype(str)).where(time > 0, own)
     group = rows["view_group"] if "view_group" in rows else pd.Series(pd.NA, index=rows.index)
-    return ("group:" + group.astype("string")).fillna(moment).to_numpy(dtype=object)
+    place = "group:" + sequence + "@" + group.astype("string")
+    return place.fillna(moment).to_numpy(dtype=object)
 
 
 def _top(log_probs: np.ndarray, k: int) -> np.ndarray:

@@ -4,6 +4,8 @@ Reporting", 2019)."""
 
 from __future__ import annotations
 
+from geoloc.predictor import default_mode
+
 # What each source's images allow, and the credit they ask for.
 LICENCES = {
     "synthetic": "Rendered by the project's embedded synthetic world (geoloc/sources/"
@@ -35,7 +37,7 @@ def model_card(params: dict, evaluation: dict, data: dict, export: dict, spec: d
   (the mean position of its training photos).
 - Architecture: `{model['arch']}` ({weights}{frozen}), `{model['head']}` head{hybrid}, loss
   `{loss['name']}`.
-- The answer's default mode is `{spec['mode']}`, the one evaluated below (geoloc.inference).
+- {_default_mode(spec)}
 - Input: one RGB photo, resized and centre-cropped to {export['image_size']} px (model.json);
   output: a probability per cell (softmax of logits / temperature, temperature
   {evaluation.get('temperature', 1.0):.3g} fitted on the validation split).
@@ -101,6 +103,15 @@ retrieval.npz stores the position (latitude, longitude) of every training photo,
 user's own photos that is where the user has been; for licensed data (Mapillary's are CC BY-SA)
 the positions are part of what the licence covers. Export with `export.retrieval_index: false`
 to leave the index out (the retrieval mode is then not served)."""
+
+
+def _default_mode(spec: dict) -> str:
+    served = default_mode(spec["mode"], "retrieval" in spec)
+    if served == spec["mode"]:
+        return f"The answer's default mode is `{served}`, the one evaluated below."
+    return (f"The figures below are of the `{spec['mode']}` mode, which this snapshot does not "
+            f"serve for a photo; its default mode is `{served}` (the evaluate stage's "
+            f"metrics/eval_modes.json has every mode's figures).")
 
 
 def _within(retrieval: dict) -> str:

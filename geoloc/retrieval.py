@@ -25,9 +25,11 @@ import numpy as np
 
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km
+from geoloc.io import atomic_path
 
 INDEX_NAME = "retrieval.npz"
 ARRAYS = ("mean", "components", "vectors", "lat", "lon", "label")
+CHUNK = 1024   # queries whose neighbours' distances are held at once (chunk x k x k)
 
 
 @dataclass
@@ -69,7 +71,8 @@ class RetrievalIndex:
         return projected
 
     def save(self, path: Path | str) -> None:
-        np.savez(path, **{name: getattr(self, name) for name in ARRAYS})
+        with atomic_path(path) as tmp, open(tmp, "wb") as file:
+            np.savez(file, **{name: getattr(self, name) for name in ARRAYS})
 
     @classmethod
     def load(cls, path: Path | str) -> RetrievalIndex:
@@ -111,7 +114,8 @@ class RetrievalIndex:
             return (np.full((len(queries), k), -1, np.int64),
                     np.full((len(queries), k), -np.inf, np.float32))
         sims, found = searcher.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return np.where(found >= 0, members[np.maximum(found, 0)], -1), sims
+        return (np.where(found >= 0, members[np.maximum(found, 0)], -1),
+                np.where(found >= 0, sims, -np.inf))
 
 
 def retrieval_points(index: RetrievalIndex, features: np.ndarray, log_probs: np.ndarray | None,
@@ -119,16 +123,22 @@ def retrieval_points(index: RetrievalIndex, features: np.ndarray, log_probs: np.
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(label, lat, lon) per query: the medoid of the positions of its `neighbours` nearest
     training photos, among those of its `within_top_cells` likeliest cells under `log_probs`
-    (0: among all); the label is the chosen photo's cell."""
+    (0: among all); the label is the chosen photo's cell. Cells without a training photo are
+    never among the top cells: the likeliest cells that have photos are."""
     queries = index.project(features)
     cells = None
     if within_top_cells > 0:
         k = min(within_top_cells, log_probs.shape[1])
-        cells = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]
-    found, similarity = index.search(queries, neighbours, cells)
-    chosen = _medoids(index, found, similarity)
-    photo = found[np.arange(len(found)), chosen]
-    return index.label[photo], index.lat[photo], index.lon[photo]
+        held = np.bincount(index.label, minlength=log_probs.shape[1]) > 0
+        ranked = np.where(held, log_probs, -np.inf)
+        cells = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
+    photos = np.empty(len(queries), dtype=np.int64)
+    for start in range(0, len(queries), CHUNK):
+        part = slice(start, start + CHUNK)
+        found, similarity = index.search(queries[part], neighbours,
+                                         None if cells is None else cells[part])
+        photos[part] = found[np.arange(len(found)), _medoids(index, found, similarity)]
+    return index.label[photos], index.lat[photos], index.lon[photos]
 
 
 def _medoids(index: RetrievalIndex, found: np.ndarray, similarity: np.ndarray) -> np.ndarray:

@@ -182,7 +182,7 @@ def locate(predictor: Predictor, data: bytes, top_k: int, max_pixels: int,
             raise HTTPException(413, f"image too large to decode: {width} x {height} = "
                                      f"{width * height} pixels, the limit is {max_pixels}")
         try:
-            (prediction,) = predictor.predict([image], top_k, mode)
+            (prediction,) = predictor.predict([data], top_k, mode)
         except (OSError, SyntaxError, ValueError) as exc:
             raise HTTPException(400, f"corrupt or truncated image: {exc}") from None
     return prediction

@@ -34,7 +34,7 @@ from geoloc.inference import errors_km
 from geoloc.io import atomic_path
 from geoloc.losses import build_loss
 from geoloc.models import GeoNet
-from geoloc.models.outputs import split_outputs
+from geoloc.outputs import split_outputs
 from geoloc.params import LossParams, TrainParams
 
 log = logging.getLogger(__name__)

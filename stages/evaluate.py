@@ -13,7 +13,7 @@ from geoloc.eval_plots import write_plots
 from geoloc.evaluate import evaluate
 from geoloc.inference import Outputs
 from geoloc.io import write_json, write_parquet
-from geoloc.models.outputs import split_outputs
+from geoloc.outputs import split_outputs
 from geoloc.params import load_params
 from geoloc.retrieval import RetrievalIndex
 from geoloc.stage import run_stage
@@ -51,7 +51,8 @@ def main() -> None:
         data = (features[split] if checkpoint["model"]["freeze_backbone"] else
                 load_cache(args.cache, split, size, rows[split]))
         outputs[split] = Outputs(data.rows, *split_outputs(model, data),
-                                 features=features_of(features[split], data.rows))
+                                 features=features_of(features[split], data.rows)
+                                 if split == "test" else None)
     train = features["train"]
     index = RetrievalIndex.build(train.features[train.rows["feature_row"]], train.rows["lat"],
                                  train.rows["lon"], train.rows["label"],

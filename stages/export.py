@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from geoloc.checkpoint import check_cells, load_checkpoint
+from geoloc.data.features import load_features
 from geoloc.data.preprocess import read_squares
 from geoloc.data.splits import load_cells, load_split
 from geoloc.export import add_retrieval, export_model, latency_figures
@@ -43,8 +44,10 @@ def main() -> None:
     model, cells, checkpoint = load_checkpoint(args.model)
     check_cells(cells, load_cells(args.splits), args.model)
     size = checkpoint["model"]["image_size"]
-    # Parity on a bounded sample: the first test photos, decoded as the predictor decodes them.
-    test = load_split(args.splits, "test").head(PARITY_IMAGES)
+    # Parity on a bounded sample: the first test photos that decode (the features stage's
+    # rows), decoded as the predictor decodes them.
+    test = load_features(args.features, "test", load_split(args.splits, "test"),
+                         params.features).rows.head(PARITY_IMAGES)
     check = np.stack([read_squares(Path(args.raw) / path, (size,))[0] for path in test["path"]])
     evaluation = json.loads(Path(args.eval).read_text())
     data = json.loads(Path(args.data).read_text())

@@ -103,8 +103,8 @@ def noisy_photo(seed: int, size=(64, 48)) -> Image.Image:
 @pytest.fixture(scope="session")
 def retrieval_snapshot(tiny_snapshot, tmp_path_factory) -> Path:
     """The tiny snapshot with a feature index, as the export stage adds it: a backbone as
-    features.onnx (an untrained tiny CNN's) and the index of 12 photos (noisy_photo(0..11)),
-    each placed at one of the snapshot's cells."""
+    features.onnx (an untrained tiny CNN's, at 48 px where the classifier takes 32) and the
+    index of 12 photos (noisy_photo(0..11)), each placed at one of the snapshot's cells."""
     import json
 
     import numpy as np
@@ -120,9 +120,9 @@ def retrieval_snapshot(tiny_snapshot, tmp_path_factory) -> Path:
     shutil.copytree(tiny_snapshot, out, dirs_exist_ok=True)
     torch.manual_seed(1)
     extractor = FeatureExtractor(build_model(tiny_params(model={"width": 4}).model, 1))
-    write_onnx(extractor, torch.zeros((2, 32, 32, 3), dtype=torch.uint8), out / FEATURES_MODEL,
+    write_onnx(extractor, torch.zeros((2, 48, 48, 3), dtype=torch.uint8), out / FEATURES_MODEL,
                18, "features")
-    images = np.stack([to_square(noisy_photo(seed), 32) for seed in range(12)])
+    images = np.stack([to_square(noisy_photo(seed), 48) for seed in range(12)])
     with torch.no_grad():
         features = extractor(torch.from_numpy(images)).numpy()
     labels = np.arange(12) % len(SNAPSHOT_CITIES)
@@ -130,6 +130,6 @@ def retrieval_snapshot(tiny_snapshot, tmp_path_factory) -> Path:
     lon = np.array([SNAPSHOT_CITIES[i][1] for i in labels])
     RetrievalIndex.build(features, lat, lon, labels, dims=8).save(out / RETRIEVAL_INDEX)
     spec = json.loads((out / SPEC_NAME).read_text())
-    spec["retrieval"] = {"image_size": 32, "neighbours": 1, "within_top_cells": 0}
+    spec["retrieval"] = {"image_size": 48, "neighbours": 1, "within_top_cells": 0}
     (out / SPEC_NAME).write_text(json.dumps(spec))
     return out

@@ -47,7 +47,7 @@ def test_columns_stay_aligned_for_long_paths(tiny_snapshot, tmp_path):
         # lat is right-aligned in 9 characters: its last digit sits under the header's "t"
         assert row[column + 2] != " " and row[column + 3] == " "
         assert float(row[column - 6:column + 3]) == pytest.approx(
-            Predictor(tiny_snapshot).predict([Image.open(photo)])[0].lat, abs=1e-5)
+            Predictor(tiny_snapshot).predict([photo])[0].lat, abs=1e-5)
 
 
 def test_a_sequence_counts_the_views_of_one_place_once(tiny_snapshot, tmp_path):
@@ -62,7 +62,7 @@ def test_a_sequence_counts_the_views_of_one_place_once(tiny_snapshot, tmp_path):
     assert answer["path"] == "sequence of 12 photos"
 
     predictor = Predictor(tiny_snapshot)
-    log_probs = predictor.log_probs([Image.open(path) for path in faces])
+    log_probs = predictor.log_probs(faces)
     places = log_probs.reshape(3, 4, -1).mean(axis=1).sum(axis=0)
     expected = np.exp(places - np.logaddexp.reduce(places))
     assert [t["probability"] for t in answer["top"]] == pytest.approx(

@@ -15,7 +15,7 @@ from geoloc.errors import GeolocError
 from geoloc.evaluate import confusion_table, evaluate, extremes, fit_temperatures
 from geoloc.inference import Outputs
 from geoloc.models import build_model
-from geoloc.models.outputs import split_outputs
+from geoloc.outputs import split_outputs
 from geoloc.retrieval import RetrievalIndex
 
 PARAMS = tiny_params()

@@ -274,12 +274,27 @@ def test_cell_points_come_from_train_images_only():
         members = train[train["label"] == cell["label"]]
         assert cell["lat"] == pytest.approx(members["lat"].mean())
         assert cell["lon"] == pytest.approx(members["lon"].mean())
-    trained = set(train["label"])
     for name in SPLITS:
-        assert set(frames[name]["label"]) <= trained
         assert audit["images"][name] == len(frames[name])
     dropped = sum(sum(counts.values()) for counts in audit["images_dropped"].values())
     assert sum(audit["images"].values()) + dropped == len(images)
+
+
+def test_test_photos_of_places_training_never_saw_are_kept_and_counted():
+    """Fine cells, one drive each: a test drive's cell has no training photo. Its photos stay
+    in test (a user's photo can come from such a place), and the audit counts them; the cell
+    keeps its hexagon's centre as its point."""
+    images, cells, _ = build_index(fake_images(cities=1, sequences=12), index_cfg(
+        coarsest_resolution=8, finest_resolution=9, max_images_per_cell=10,
+        min_images_per_cell=5))
+    frames, cells, audit = make_splits(images, cells, SPLIT)
+    trained = set(frames["train"]["label"])
+    unseen = {name: int((~frames[name]["label"].isin(trained)).sum()) for name in SPLITS}
+    assert unseen["test"] > 0 and unseen["train"] == 0
+    assert audit["images_in_cells_without_train_images"] == unseen
+    assert sum(audit["images"].values()) == len(images)      # nothing dropped for it
+    empty = cells[cells["n_train"] == 0]
+    assert (empty["lat"] == empty["center_lat"]).all() and len(empty) > 0
 
 
 def drive(sequence: str, creator: str | None, start_ms: int, lat: float, lon: float,
@@ -290,6 +305,17 @@ def drive(sequence: str, creator: str | None, start_ms: int, lat: float, lon: fl
         "creator": creator, "city": "c", "batch": "batch01",
         "captured_at": [start_ms + 2000 * f for f in range(frames)],
         "lat": [lat + step_deg * f for f in range(frames)], "lon": lon})
+
+
+def test_views_of_one_place_keep_their_sequences_together():
+    """A rig whose two cameras upload a sequence each, with no creator: the view groups tie
+    them, so no split holds one camera's frames and not the other's."""
+    t, lat, lon = 1_600_000_000_000, 45.0, 5.0
+    cameras = pd.concat([drive(name, None, t, lat, lon) for name in ("left", "right")])
+    cameras["view_group"] = "rig@" + cameras["captured_at"].astype(str)
+    other = drive("alone", None, t, lat + 0.01, lon)
+    groups = twin_groups(pd.concat([cameras, other.assign(view_group=None)]), 60, 50)
+    assert groups["left"] == groups["right"] != groups["alone"]
 
 
 def test_a_drive_uploaded_in_parts_is_one_twin_group():

@@ -7,6 +7,7 @@ import json
 import re
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT, copy_project
@@ -14,6 +15,7 @@ from PIL import Image
 from test_pipeline import run
 
 from geoloc.demo_photos import write_demo_folder
+from geoloc.predictor import Predictor
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +90,11 @@ def test_panorama_faces_are_one_place_in_a_sequence(region):
                   "--json"], region)
     answer = json.loads(result.stdout)
     assert answer["mode"] == "sequence" and answer["path"] == "sequence of 4 photos"
+    # One place (the faces share their EXIF capture time): its evidence is the faces' mean.
+    predictor = Predictor(region / "models/export")
+    place = predictor.log_probs(faces).mean(axis=0) / predictor.spec["sequence_temperature"]
+    assert answer["confidence"] == pytest.approx(
+        float(np.exp(place.max() - np.logaddexp.reduce(place))), rel=1e-6)
 
 
 def test_photos_are_ignored_by_git_and_a_changed_photo_or_csv_reruns_the_fetch(region):

@@ -52,8 +52,7 @@ def post(url: str, data: bytes, filename: str = "photo.jpg", fields=None, params
 
 
 def expected(snapshot: Path, data: bytes, top_k: int = 5):
-    with Image.open(io.BytesIO(data)) as image:
-        return Predictor(snapshot).predict([image], top_k)[0]
+    return Predictor(snapshot).predict([data], top_k)[0]
 
 
 def assert_refused(response, status: int, *words: str) -> None:
@@ -138,7 +137,7 @@ def test_modes_from_the_form_or_the_query_and_retrieval(retrieval_snapshot):
     assert default["mode"] == "argmax" == about["default_mode"]
     assert by_form == by_query and by_form["mode"] == "retrieval"
     assert (by_form["lat"], by_form["lon"]) == (index.lat[5], index.lon[5])
-    best = Predictor(retrieval_snapshot).predict([Image.open(io.BytesIO(data))], 5, "topk")[0]
+    best = Predictor(retrieval_snapshot).predict([data], 5, "topk")[0]
     assert (topk["mode"], topk["lat"], topk["lon"]) == ("topk", best.lat, best.lon)
     assert_refused(refused, 422, "mode must be one of argmax, topk, topk_mean, retrieval",
                    "'hybrid'")

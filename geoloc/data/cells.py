@@ -51,23 +51,22 @@ def resolve_index(cfg: IndexParams, lat, lon) -> IndexParams:
     if is_auto(min_images):
         min_images = max(2, math.ceil(max_images / 4))
     coarsest, finest = cfg.coarsest_resolution, cfg.finest_resolution
-    if is_auto(coarsest) or is_auto(finest):
-        counts = _counts_at_every_resolution(lat, lon)
-        if is_auto(finest):
-            fits = [r for r, c in enumerate(counts) if c.max() <= max_images]
-            finest = min(fits[0] if fits else AUTO_FINEST, AUTO_FINEST)
-            finest = finest if is_auto(coarsest) else max(finest, coarsest)
-        if is_auto(coarsest):
-            # The finest roots that drop at most MAX_DROPPED of the photos (in cells too small
-            # to keep): coarser roots keep sparse photos in larger cells instead.
-            fine = pd.Series(cells_of(lat, lon, finest)).value_counts()
-            limits = dataclasses.replace(cfg, finest_resolution=finest,
-                                         max_images_per_cell=max_images,
-                                         min_images_per_cell=min_images)
-            lowest = max(finest - AUTO_SPAN, 0)
-            coarsest = next((r for r in range(finest, lowest, -1) if _grow_cells(
-                fine, dataclasses.replace(limits, coarsest_resolution=r))[2]
-                <= MAX_DROPPED * n), lowest)
+    if is_auto(finest):
+        fits = [r for r, c in enumerate(_counts_at_every_resolution(lat, lon))
+                if c.max() <= max_images]
+        finest = fits[0] if fits else AUTO_FINEST
+        finest = finest if is_auto(coarsest) else max(finest, coarsest)
+    if is_auto(coarsest):
+        # The finest roots that drop at most MAX_DROPPED of the photos (in cells too small to
+        # keep): coarser roots keep sparse photos in larger cells instead.
+        fine = pd.Series(cells_of(lat, lon, finest)).value_counts()
+        limits = dataclasses.replace(cfg, finest_resolution=finest,
+                                     max_images_per_cell=max_images,
+                                     min_images_per_cell=min_images)
+        lowest = max(finest - AUTO_SPAN, 0)
+        coarsest = next((r for r in range(finest, lowest, -1) if _grow_cells(
+            fine, dataclasses.replace(limits, coarsest_resolution=r))[2]
+            <= MAX_DROPPED * n), lowest)
     resolved = dataclasses.replace(cfg, coarsest_resolution=coarsest, finest_resolution=finest,
                                    max_images_per_cell=max_images, min_images_per_cell=min_images)
     resolved.check("index")

@@ -62,10 +62,6 @@ def export_backbone(cfg: FeaturesParams, out_dir: Path) -> ort.InferenceSession:
     example = torch.zeros((2, cfg.size, cfg.size, 3), dtype=torch.uint8)
     with torch.no_grad():
         write_onnx(feature_extractor(cfg), example, path, OPSET, "features")
-    return open_session(path)
-
-
-def open_session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 

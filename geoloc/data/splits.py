@@ -8,9 +8,11 @@ Validation follows the same rules as test, or early stopping would tune on leake
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
+import h3
 import numpy as np
 import pandas as pd
 
@@ -21,14 +23,18 @@ from geoloc.params import SplitParams, is_auto
 
 SPLITS = ("train", "val", "test")
 PROTOCOLS = ("sequence", "spatial")
+log = logging.getLogger(__name__)
+
 CELLS_NAME = "cells.parquet"
 MAX_RESOLUTION = 15   # H3's finest
+SMALL_BLOCKS = 8      # finer auto blocks (under ~0.7 km2) are worth a warning
 
 
 def twin_groups(images: pd.DataFrame, max_gap_s: float, max_gap_m: float) -> pd.Series:
     """Group id (its first sequence id) for each sequence: a drive uploaded as several
     sequences is one group. Two sequences are twins when they share a creator and one starts
-    within max_gap_s and max_gap_m of where and when the other ended."""
+    within max_gap_s and max_gap_m of where and when the other ended, or when they hold views
+    of one place (one view group: a rig whose cameras upload a sequence each)."""
     ordered = images.sort_values(["sequence_id", "captured_at", "image_id"])
     ends = ordered.groupby("sequence_id").agg(
         creator=("creator", "first"), start=("captured_at", "first"),
@@ -42,6 +48,10 @@ def twin_groups(images: pd.DataFrame, max_gap_s: float, max_gap_m: float) -> pd.
             s = parent[s]
         return s
 
+    def join(a: str, b: str) -> None:
+        low, high = sorted((root(a), root(b)))
+        parent[high] = low
+
     for _, drives in ends[ends["creator"].notna()].groupby("creator"):
         drives = drives.sort_values(["start", "end"])
         for i, (a, first) in enumerate(drives.iterrows()):
@@ -51,8 +61,12 @@ def twin_groups(images: pd.DataFrame, max_gap_s: float, max_gap_m: float) -> pd.
                 gap = haversine_km(first["lat1"], first["lon1"], second["lat0"],
                                    second["lon0"]) * 1000
                 if abs(second["start"] - first["end"]) <= max_gap_s * 1000 and gap <= max_gap_m:
-                    low, high = sorted((root(a), root(b)))
-                    parent[high] = low
+                    join(a, b)
+    if "view_group" in images:
+        viewed = images[images["view_group"].notna()]
+        for sequences in viewed.groupby("view_group")["sequence_id"].unique():
+            for other in sequences[1:]:
+                join(sequences[0], other)
     return pd.Series({s: root(s) for s in ends.index}, name="group")
 
 
@@ -154,7 +168,14 @@ def resolve_block_resolution(value: int | str, cells: pd.DataFrame) -> int:
     send it to val or test with no train image."""
     finest = int(cells["resolution"].max())
     if is_auto(value):
-        return min(finest + 1, MAX_RESOLUTION)
+        resolution = min(finest + 1, MAX_RESOLUTION)
+        if resolution > SMALL_BLOCKS:
+            log.warning("split.block_resolution auto is %d, one finer than the finest cell: "
+                        "blocks of about %.3g km2, so under the spatial protocol photos tens "
+                        "of metres apart may go to different splits; set it (e.g. to %d) if "
+                        "that protocol matters", resolution,
+                        h3.average_hexagon_area(resolution, "km^2"), SMALL_BLOCKS)
+        return resolution
     if value <= finest:
         raise GeolocError(f"split.block_resolution ({value}) must be finer than the finest cell "
                           f"of the index (resolution {finest}): set it to auto or above {finest}")

@@ -1,0 +1,26 @@
+"""The predictor of an exported snapshot: each input size decodes a photo afresh."""
+
+import numpy as np
+import onnxruntime as ort
+from conftest import noisy_photo
+from PIL import Image
+
+from geoloc.data.preprocess import read_squares, to_square
+from geoloc.predictor import FEATURES_MODEL, Predictor
+
+
+def test_each_input_size_decodes_the_photo_afresh(retrieval_snapshot, tmp_path):
+    """The classifier takes 32 px, the backbone 48: the features are those of the photo
+    decoded at 48, as the features stage decodes it, not of a JPEG already drafted small."""
+    path = tmp_path / "big.jpg"
+    # 600 x 300: the decoder drafts it at 1/8 (75 x 38) for 32 px, at 1/4 for 48 px.
+    noisy_photo(3, size=(600, 300)).save(path, quality=90)
+    session = ort.InferenceSession(str(retrieval_snapshot / FEATURES_MODEL))
+    fresh = session.run(None, {"images": np.stack(read_squares(path, (48,)))})[0]
+    predictor = Predictor(retrieval_snapshot)
+    for photo in (path, path.read_bytes()):
+        assert np.array_equal(predictor._features([photo]), fresh)
+    with Image.open(path) as image:                      # one image decoded for both sizes
+        to_square(image, 32)
+        reused = np.stack([to_square(image, 48)])
+    assert not np.array_equal(session.run(None, {"images": reused})[0], fresh)
