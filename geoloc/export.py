@@ -40,8 +40,8 @@ def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
     """Write model.ts, model.onnx, cells.json and model.json (the preprocessing spec and
     `inference`: what the predictor needs from the evaluate stage, such as the `temperature`
     it divides the logits by and the `sequence_temperature` it divides a sequence's summed
-    evidence by before a softmax, and the headline `mode`) into out_dir; return sizes and
-    parity."""
+    evidence by before a softmax, the headline `mode` and the `top_k` cells the topk modes
+    weigh) into out_dir; return sizes and parity."""
     model.eval()
     example = torch.from_numpy(np.array(check_images[:2]))
     with torch.no_grad(), _torchscript_deprecation_quiet():
@@ -49,7 +49,7 @@ def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
     write_onnx(model, example, out_dir / MODEL_NAME, opset, "logits")
     write_cells(cells, out_dir / CELLS_NAME)
     spec = {"image_size": image_size, "num_classes": len(cells), "opset": opset,
-            "mode": "argmax", "temperature": 1.0, "sequence_temperature": 1.0,
+            "mode": "argmax", "top_k": 5, "temperature": 1.0, "sequence_temperature": 1.0,
             **(inference or {}),
             "input": "images: uint8, N x size x size x 3, RGB",
             "preprocess": "EXIF orientation applied, shorter side resized to image_size "

@@ -90,7 +90,8 @@ class Predictor:
             label, lat, lon = retrieval_points(self.retrieval[1], features, log_probs,
                                                spec["neighbours"], spec["within_top_cells"])
         else:
-            label, lat, lon = mode_points(mode, log_probs, None, self.table, rows, top_k)
+            label, lat, lon = mode_points(mode, log_probs, None, self.table, rows,
+                                          self.spec["top_k"])
         return [self._prediction(np.exp(row), top_k, mode, (int(lb), float(a), float(o)))
                 for row, lb, a, o in zip(log_probs, label, lat, lon, strict=True)]
 

@@ -51,7 +51,8 @@ def main() -> None:
     check = np.stack([read_squares(Path(args.raw) / path, (size,))[0] for path in test["path"]])
     evaluation = json.loads(Path(args.eval).read_text())
     data = json.loads(Path(args.data).read_text())
-    spec = {"mode": params.evaluate.mode, "temperature": evaluation.get("temperature", 1.0),
+    spec = {"mode": params.evaluate.mode, "top_k": params.evaluate.top_k,
+            "temperature": evaluation.get("temperature", 1.0),
             "sequence_temperature": evaluation.get("sequence_temperature", 1.0)}
     with atomic_dir(args.out) as tmp:
         if params.export.retrieval_index:

@@ -24,3 +24,15 @@ def test_each_input_size_decodes_the_photo_afresh(retrieval_snapshot, tmp_path):
         to_square(image, 32)
         reused = np.stack([to_square(image, 48)])
     assert not np.array_equal(session.run(None, {"images": reused})[0], fresh)
+
+
+def test_the_topk_modes_weigh_the_evaluated_number_of_cells(tiny_snapshot, tmp_path):
+    """The snapshot's top_k (evaluate.top_k), not the number of cells a caller lists: the
+    answer does not move with --top-k, as evaluate's would not."""
+    path = tmp_path / "photo.png"
+    noisy_photo(4).save(path)
+    predictor = Predictor(tiny_snapshot)
+    one, six = (predictor.predict([path], k, "topk_mean")[0] for k in (1, 6))
+    assert (one.lat, one.lon) == (six.lat, six.lon) and len(one.top) == 1
+    argmax = predictor.predict([path], 1, "argmax")[0]
+    assert (one.lat, one.lon) != (argmax.lat, argmax.lon)
