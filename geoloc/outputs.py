@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -10,30 +12,16 @@ from geoloc.data.features import FeatureSplit
 from geoloc.models.geonet import GeoNet
 
 
-@torch.no_grad()
 def predict_outputs(model: torch.nn.Module, images: np.ndarray, positions=None, *,
                     device=None, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
     """(logits N x K, offsets N x K x 2 in km or None) for uint8 images (N x S x S x 3), or
     for those at `positions` only, in batches so memory stays bounded."""
-    model.eval()
     positions = np.arange(len(images)) if positions is None else np.asarray(positions)
-    logits, offsets = [], []
-    for start in range(0, len(positions), batch_size):
-        # Indexing with an array copies the batch out of the read-only memory map, which
-        # torch could not wrap.
-        batch = torch.from_numpy(images[positions[start:start + batch_size]])
-        if device is not None:
-            batch = batch.to(device)
-        # An exported (TorchScript) model has `forward` only: logits, no offsets.
-        forward_train = getattr(model, "forward_train", None)
-        out_logits, out_offsets = (forward_train(batch) if forward_train is not None
-                                   else (model(batch), None))
-        logits.append(out_logits.float().cpu().numpy())
-        if out_offsets is not None:
-            offsets.append(out_offsets.float().cpu().numpy())
-    if not logits:
-        return np.zeros((0, 0), dtype=np.float32), None
-    return np.concatenate(logits), np.concatenate(offsets) if offsets else None
+    # An exported (TorchScript) model has `forward` only: logits, no offsets.
+    forward = getattr(model, "forward_train", None) or (lambda batch: (model(batch), None))
+    # Indexing with an array copies the batch out of the read-only memory map, which torch
+    # could not wrap.
+    return _batched(model, forward, images, positions, device, batch_size)
 
 
 def predict_logits(model: torch.nn.Module, images: np.ndarray, positions=None) -> np.ndarray:
@@ -45,19 +33,21 @@ def split_outputs(model: GeoNet, split: CachedSplit | FeatureSplit, device=None,
     """(logits, offsets) for the rows of a split: from its cached images or, for a model with
     a frozen backbone, from its features (what the backbone computes from the images)."""
     if isinstance(split, FeatureSplit):
-        positions = split.rows["feature_row"].to_numpy()
-        return _head_outputs(model, split.features, positions, device)
+        return _batched(model, model.head_forward, split.features,
+                        split.rows["feature_row"].to_numpy(), device, batch_size=4096)
     return predict_outputs(model, split.images, split.rows["cache_row"], device=device)
 
 
 @torch.no_grad()
-def _head_outputs(model: GeoNet, features: np.ndarray, positions: np.ndarray, device,
-                  batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray | None]:
+def _batched(model: torch.nn.Module, forward: Callable, inputs: np.ndarray,
+             positions: np.ndarray, device, batch_size: int,
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+    """`forward` (inputs -> logits, offsets or None) over inputs[positions], in batches."""
     model.eval()
     logits, offsets = [], []
     for start in range(0, len(positions), batch_size):
-        batch = torch.from_numpy(np.array(features[positions[start:start + batch_size]]))
-        out_logits, out_offsets = model.head_forward(batch.to(device or "cpu"))
+        batch = torch.from_numpy(np.array(inputs[positions[start:start + batch_size]]))
+        out_logits, out_offsets = forward(batch if device is None else batch.to(device))
         logits.append(out_logits.float().cpu().numpy())
         if out_offsets is not None:
             offsets.append(out_offsets.float().cpu().numpy())

@@ -173,10 +173,15 @@ def load_cache(cache_dir: Path | str, split: str, size: int, rows: pd.DataFrame)
     if images.shape != expected or images.dtype != np.uint8:
         raise CacheError(f"{path} holds {images.dtype} {images.shape}, expected uint8 "
                          f"{expected}: run `dvc repro resize_cache`")
-    skipped = {s["row"] for s in entry["skipped"]}
-    usable = rows.assign(cache_row=np.arange(len(rows)))
-    usable = usable[~usable["cache_row"].isin(skipped)].reset_index(drop=True)
-    return CachedSplit(images, usable)
+    return CachedSplit(images, usable_rows(rows, entry["skipped"], "cache_row"))
+
+
+def usable_rows(rows: pd.DataFrame, skipped: list[dict], column: str) -> pd.DataFrame:
+    """The rows but those `skipped` (as cache.json or features.json list them), each with its
+    position in the array under `column`."""
+    usable = rows.assign(**{column: np.arange(len(rows))})
+    gone = [s["row"] for s in skipped]
+    return usable[~usable[column].isin(gone)].reset_index(drop=True)
 
 
 def default_workers() -> int:

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from geoloc.data.cache import decode_all, ids_digest, row_file
+from geoloc.data.cache import decode_all, ids_digest, row_file, usable_rows
 from geoloc.errors import GeolocError
 from geoloc.io import write_json
 from geoloc.models import feature_extractor
@@ -126,10 +126,7 @@ def load_features(features_dir: Path | str, split: str, rows: pd.DataFrame,
     if features.shape != (len(rows), index["dim"]) or features.dtype != np.float32:
         raise FeaturesError(f"{path} holds {features.dtype} {features.shape}, expected float32 "
                             f"{(len(rows), index['dim'])}: run `dvc repro features`")
-    skipped = {s["row"] for s in entry["skipped"]}
-    usable = rows.assign(feature_row=np.arange(len(rows)))
-    usable = usable[~usable["feature_row"].isin(skipped)].reset_index(drop=True)
-    return FeatureSplit(features, usable)
+    return FeatureSplit(features, usable_rows(rows, entry["skipped"], "feature_row"))
 
 
 def features_of(split: FeatureSplit, rows: pd.DataFrame) -> np.ndarray:
