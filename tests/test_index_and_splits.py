@@ -398,15 +398,22 @@ def test_the_spatial_protocol_keeps_test_places_unseen():
 
 
 def test_blocks_follow_the_finest_cell_unless_set():
-    """auto: one level finer than the finest cell, whatever the index chose; an explicit
-    resolution no finer than a cell is refused by the split, naming the finest cell."""
+    """auto: one level finer than the finest cell, whatever the index chose, and no coarser
+    than 7 (city-sized cells would give town-sized blocks); an explicit resolution no finer
+    than a cell is refused by the split, naming the finest cell."""
     images, cells, _ = build_index(revisited_streets(), index_cfg(
         coarsest_resolution=6, finest_resolution=8, max_images_per_cell=30,
         min_images_per_cell=5))
     finest = int(cells["resolution"].max())
     _, _, audit = make_splits(images, cells, replace(SPLIT, protocol="spatial",
                                                       block_resolution="auto"))
-    assert audit["block_resolution"] == finest + 1 and audit["shared_blocks"] == 0
+    assert finest >= 7 and audit["block_resolution"] == finest + 1
+    assert audit["shared_blocks"] == 0
+    coarse_images, coarse_cells, _ = build_index(revisited_streets(), index_cfg(
+        coarsest_resolution=4, finest_resolution=5, max_images_per_cell=10_000,
+        min_images_per_cell=1))
+    _, _, audit = make_splits(coarse_images, coarse_cells, replace(SPLIT, block_resolution="auto"))
+    assert audit["block_resolution"] == 7
     with pytest.raises(GeolocError, match=f"finest cell of the index .resolution {finest}."):
         make_splits(images, cells, replace(SPLIT, block_resolution=finest))
 

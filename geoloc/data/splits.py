@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 CELLS_NAME = "cells.parquet"
 MAX_RESOLUTION = 15   # H3's finest
+# Auto blocks are at least this fine (about 5 km2): the spatial protocol holds out
+# neighbourhoods, not whole towns, which a block one level finer than city-sized cells can be.
+NEIGHBOURHOOD = 7
 SMALL_BLOCKS = 8      # finer auto blocks (under ~0.7 km2) are worth a warning
 
 
@@ -163,12 +166,13 @@ def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
 
 
 def resolve_block_resolution(value: int | str, cells: pd.DataFrame) -> int:
-    """split.block_resolution, `auto` being one level finer than the finest cell; an explicit
-    value no finer than the finest cell is refused: such a block could hold a whole cell and
-    send it to val or test with no train image."""
+    """split.block_resolution, `auto` being one level finer than the finest cell and no
+    coarser than a neighbourhood (NEIGHBOURHOOD); an explicit value no finer than the finest
+    cell is refused: such a block could hold a whole cell and send it to val or test with no
+    train image."""
     finest = int(cells["resolution"].max())
     if is_auto(value):
-        resolution = min(finest + 1, MAX_RESOLUTION)
+        resolution = min(max(finest + 1, NEIGHBOURHOOD), MAX_RESOLUTION)
         if resolution > SMALL_BLOCKS:
             log.warning("split.block_resolution auto is %d, one finer than the finest cell: "
                         "blocks of about %.3g km2, so under the spatial protocol photos tens "
