@@ -66,12 +66,19 @@ def queue_and_run(names: list[str]) -> None:
     subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], cwd=ROOT, check=True)
 
 
-def previous_rows() -> dict[str, str]:
-    """The rows of the table written last time, by experiment name."""
+def previous_rows() -> dict[str, dict[str, str]]:
+    """The cells of the table written last time, by experiment name and column (a column
+    added since is missing from them)."""
     if not TABLE.exists():
         return {}
-    rows = [line for line in TABLE.read_text().splitlines()[2:] if line.startswith("| ")]
-    return {row.split(" | ")[0][2:]: row for row in rows}
+    header, _, *rows = TABLE.read_text().splitlines()
+
+    def cells(line: str) -> list[str]:
+        return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+    names = cells(header)
+    return {values[0]: dict(zip(names, values, strict=True))
+            for values in map(cells, rows) if len(values) == len(names)}
 
 
 def table() -> str:
@@ -91,13 +98,14 @@ def table() -> str:
              "|---|---|" + "---|" * len(COLUMNS)]
     kept = previous_rows()
     for name, changes in CONFIGS.items():
-        if name not in metrics:
-            if name in kept:
-                lines.append(kept[name])
-            continue
-        values = [metrics[name][path].get(key) for _, path, key in COLUMNS]
-        cells = ["n/a" if v is None else f"{v:.3g}" for v in values]
         described = ", ".join(f"{k}={v}" for k, v in changes.items()) or "(HEAD's params)"
+        if name in metrics:
+            values = [metrics[name][path].get(key) for _, path, key in COLUMNS]
+            cells = ["n/a" if v is None else f"{v:.3g}" for v in values]
+        elif name in kept:
+            cells = [kept[name].get(column, "n/a") for column, _, _ in COLUMNS]
+        else:
+            continue
         lines.append(f"| {name} | {described} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

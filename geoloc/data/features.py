@@ -20,14 +20,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from geoloc.data.cache import decode_all, ids_digest, row_file, usable_rows
 from geoloc.errors import GeolocError
 from geoloc.io import write_json
-from geoloc.models import feature_extractor
-from geoloc.models.to_onnx import write_onnx
 from geoloc.params import FeaturesParams
 
 log = logging.getLogger(__name__)
@@ -35,7 +32,7 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "features.onnx"
 INDEX_NAME = "features.json"
 OPSET = 18
-BATCH = 64           # photos per ONNX Runtime call
+BATCH = 32           # photos per ONNX Runtime call (its buffers grow with the batch)
 RELEASE_ROWS = 1024  # written rows between two hand-backs of the mapped pages
 
 
@@ -58,6 +55,13 @@ def features_path(features_dir: Path | str, split: str) -> Path:
 
 def export_backbone(cfg: FeaturesParams, out_dir: Path) -> ort.InferenceSession:
     """Write the backbone as out_dir/features.onnx and open it."""
+    # Here, not at the top: the decoding workers import this module, and torch would cost
+    # each of them most of a gigabyte.
+    import torch
+
+    from geoloc.models import feature_extractor
+    from geoloc.models.to_onnx import write_onnx
+
     path = Path(out_dir) / MODEL_NAME
     example = torch.zeros((2, cfg.size, cfg.size, 3), dtype=torch.uint8)
     with torch.no_grad():
