@@ -7,6 +7,8 @@ import pandas as pd
 
 # Inside one country the useful thresholds are street, neighbourhood, city, region, far.
 WITHIN_KM = (0.5, 1, 5, 25, 100)
+# Far errors: the answer is in the wrong region (the rates the roadmap's README judges by).
+FAR_KM = (200, 500)
 GEOSCORE_KM = 1492.7   # GeoGuessr's scale: 5000 points at 0 km, 1/e of that at this distance
 CALIBRATION_BINS = 10
 
@@ -16,9 +18,14 @@ def within_key(km: float) -> str:
     return f"within_{km:g}km".replace(".", "_")
 
 
+def far_key(km: float) -> str:
+    """`far_200km`, `far_500km`: the share of errors above that distance."""
+    return f"far_{km:g}km"
+
+
 def distance_metrics(errors_km: np.ndarray) -> dict:
-    """Median, mean and 90th percentile error, the share of images within each threshold, and
-    the GeoScore."""
+    """Median, mean, 90th and 95th percentile error, the share of images within each
+    threshold and of those farther than each far threshold, and the GeoScore."""
     errors_km = np.asarray(errors_km, dtype=np.float64)
     if errors_km.size == 0:
         raise ValueError("no predictions to score")
@@ -26,9 +33,12 @@ def distance_metrics(errors_km: np.ndarray) -> dict:
         "median_km": float(np.median(errors_km)),
         "mean_km": float(np.mean(errors_km)),
         "p90_km": float(np.percentile(errors_km, 90)),
+        "p95_km": float(np.percentile(errors_km, 95)),
     }
     for km in WITHIN_KM:
         metrics[within_key(km)] = float(np.mean(errors_km <= km))
+    for km in FAR_KM:
+        metrics[far_key(km)] = float(np.mean(errors_km > km))
     metrics["geoscore"] = float(np.mean(5000.0 * np.exp(-errors_km / GEOSCORE_KM)))
     return metrics
 

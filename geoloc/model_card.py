@@ -53,8 +53,11 @@ def model_card(params: dict, evaluation: dict, data: dict, export: dict, spec: d
 ## Evaluation (test split, {evaluation['images']} images, {evaluation['sequences']} sequences)
 - Median error {evaluation['median_km']:.3g} km (95% interval over sequences
   {evaluation['median_km_ci_low']:.3g} to {evaluation['median_km_ci_high']:.3g}), p90
-  {evaluation['p90_km']:.3g} km, cell accuracy {evaluation['accuracy']:.3f}, within 1 km
-  {evaluation['within_1km']:.3f}, within 25 km {evaluation['within_25km']:.3f}.
+  {evaluation['p90_km']:.3g} km, p95 {evaluation['p95_km']:.3g} km; within 1 km
+  {evaluation['within_1km']:.3f}, within 25 km {evaluation['within_25km']:.3f}; in the wrong
+  region (beyond 200 km) {evaluation['far_200km']:.3f}, beyond 500 km
+  {evaluation['far_500km']:.3f}. The classifier puts {evaluation['accuracy']:.3f} of the
+  photos in their true cell.
 - For reference: a perfect cell classifier would score a median of
   {evaluation['floor_median_km']:.3g} km (the floor); always answering the most frequent cell,
   {evaluation['baseline_median_km']:.3g} km.

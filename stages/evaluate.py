@@ -66,14 +66,16 @@ def main() -> None:
     write_plots(result, load_cache(args.cache, "test", params.cache.sizes[0], rows["test"]),
                 cells, Path(args.plots))
     metrics = result.metrics
-    log.info("test (%s, temperature %.2f): median %.2f km [%.2f, %.2f], p90 %.1f km, accuracy "
-             "%.3f; floor %.2f km, baseline %.1f km", params.evaluate.mode,
-             metrics["temperature"], metrics["median_km"],
+    log.info("test (%s, temperature %.2f): median %.2f km [%.2f, %.2f], p90 %.1f km, beyond "
+             "200 km %.3f; classifier accuracy %.3f; floor %.2f km, baseline %.1f km",
+             params.evaluate.mode, metrics["temperature"], metrics["median_km"],
              metrics["median_km_ci_low"], metrics["median_km_ci_high"], metrics["p90_km"],
-             metrics["accuracy"], metrics["floor_median_km"], metrics["baseline_median_km"])
+             metrics["far_200km"], metrics["accuracy"], metrics["floor_median_km"],
+             metrics["baseline_median_km"])
     for mode, figures in result.modes.items():
-        log.info("  %-16s median %.3f km, p90 %.1f km", mode, figures["median_km"],
-                 figures["p90_km"])
+        log.info("  %-16s median %.3f km, p90 %.1f km, p95 %.1f km, beyond 200/500 km "
+                 "%.3f/%.3f", mode, figures["median_km"], figures["p90_km"], figures["p95_km"],
+                 figures["far_200km"], figures["far_500km"])
 
 
 if __name__ == "__main__":

@@ -136,6 +136,11 @@ def test_distance_metrics_name_every_threshold_and_score_geoguessr_points():
     assert figures["within_1km"] == pytest.approx(2 / 3) and figures["within_100km"] < 1
     assert figures["geoscore"] == pytest.approx(
         (5000 + 5000 * np.exp(-0.4 / 1492.7) + 5000 / np.e) / 3)
+    errors = np.arange(1, 101, dtype=float) * 10                  # 10, 20, ..., 1000 km
+    tail = metrics.distance_metrics(errors)
+    assert tail["p95_km"] == pytest.approx(np.percentile(errors, 95))
+    assert tail["p95_km"] > tail["p90_km"]
+    assert (tail["far_200km"], tail["far_500km"]) == (0.8, 0.5)   # above, not at, the distance
 
 
 def test_weighted_median_is_the_median_of_the_repeated_values():
@@ -182,6 +187,10 @@ def test_reference_answers_and_modes_of_a_model_on_a_test_split():
                   calibrate=True)
     result = evaluate(outputs(model, test), cells, cfg, val=outputs(model, split(cells, n=12)))
     figures = result.metrics
+    # The headline (sequence) mode's own accuracy has its own name; `accuracy` stays argmax's.
+    assert figures["mode_accuracy"] == result.modes["sequence"]["accuracy"]
+    assert figures["accuracy"] == result.modes["argmax"]["accuracy"]
+    assert figures["p95_km"] == result.modes["sequence"]["p95_km"]
     assert figures["temperature"] != 1.0 and figures["sequence_temperature"] != 1.0
     assert 0 <= figures["sequence_expected_calibration_error"] <= 1
     uncalibrated = evaluate(outputs(model, test), cells, replace(cfg, calibrate=False))
