@@ -12,6 +12,8 @@ from PIL import Image, UnidentifiedImageError
 
 from geoloc.errors import GeolocError
 
+SEQUENCE_MODES = ("sequence", "sequence_online")
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError)
 
@@ -24,14 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--model", type=Path, default=Path("models/export"),
                          help="exported snapshot folder (default: models/export)")
     predict.add_argument("--top-k", type=int, default=5)
-    predict.add_argument("--mode", help="how to make each photo's point: argmax, topk, "
-                                        "topk_mean or retrieval (default: the mode the "
-                                        "snapshot was evaluated in, where it is one of these)")
+    predict.add_argument("--mode", help="how to make the point: argmax, topk, topk_mean, "
+                                        "hierarchical, hybrid (hybrid models), retrieval, or "
+                                        "with --sequence sequence or sequence_online "
+                                        "(default: the mode the snapshot was evaluated in)")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("--sequence", action="store_true",
                          help="the photos are frames of one drive: one combined prediction "
-                              "(photos with one EXIF capture time are views of one place and "
-                              "count as one frame)")
+                              "(mode sequence), or one per frame from the frames so far "
+                              "(--mode sequence_online); photos with one EXIF capture time are "
+                              "views of one place and count as one frame")
     purge = commands.add_parser(
         "purge", help="free the disk taken by raw JPEGs of batches already in the resize cache",
         description="Lists (dry run, the default) or deletes the raw JPEGs of batches whose "
@@ -64,11 +68,12 @@ def _predict(args) -> int:
 
     if args.top_k < 1:
         raise GeolocError("--top-k must be at least 1")
-    if args.sequence and args.mode is not None:
-        raise GeolocError("--mode and --sequence: a sequence has its own mode (sequence)")
+    if args.sequence and args.mode not in (None, *SEQUENCE_MODES):
+        raise GeolocError(f"--sequence takes --mode {' or '.join(SEQUENCE_MODES)}, not "
+                          f"{args.mode!r}")
     predictor = Predictor(args.model)
     paths = _image_paths(args.paths)
-    names = [f"sequence of {len(paths)} photos"] if args.sequence else [str(p) for p in paths]
+    names = [f"sequence of {len(paths)} photos", *map(str, paths)]
     table = _Table(max(map(len, ["path", *names])), args.json)
     table.header()
     if args.sequence:
@@ -97,8 +102,13 @@ def _predict_sequence(predictor, paths: list[Path], args, table: _Table) -> int:
             print(f"geoloc: cannot read {path}: {exc}", file=sys.stderr)
     if not readable:
         raise GeolocError("--sequence: none of the photos could be read")
-    prediction = predictor.predict_sequence(readable, args.top_k)
-    table.row(f"sequence of {len(readable)} photos", prediction)
+    mode = args.mode or "sequence"
+    predictions = predictor.predict(readable, args.top_k, mode)
+    if mode == "sequence":   # every frame has the drive's answer: print it once
+        table.row(f"sequence of {len(readable)} photos", predictions[0])
+    else:
+        for path, prediction in zip(readable, predictions, strict=True):
+            table.row(str(path), prediction)
     return 1 if len(readable) < len(paths) else 0
 
 

@@ -13,10 +13,9 @@ from geoloc.geo import haversine_km, mean_point
 from geoloc.inference import (
     MODES,
     Outputs,
-    available_modes,
+    Recipe,
     fit_temperature,
     log_softmax,
-    mode_points,
     sequence_evidence,
 )
 from geoloc.metrics import (
@@ -37,6 +36,7 @@ CONFUSION_CELLS = 10   # the confusion plot shows the test's most frequent cells
 class Evaluation:
     metrics: dict               # metrics/eval.json: the headline mode's figures, references
     modes: dict                 # metrics/eval_modes.json: every mode's figures
+    recipe: Recipe              # what made the points: the export ships it
     predictions: pd.DataFrame   # one row per test image, every mode's point and error
     by_city: pd.DataFrame       # the headline figures per city
     calibration: pd.DataFrame   # accuracy and error per confidence bin (argmax)
@@ -51,22 +51,19 @@ def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
     if len(rows) == 0:
         raise GeolocError("the test split has no images: nothing to evaluate (see "
                           "metrics/split.json and split.test_fraction)")
-    logits, offsets = test.logits, test.offsets
-    retrieval = index is not None and test.features is not None
-    modes = available_modes(offsets, retrieval)
+    test = Outputs(rows, test.logits, test.offsets, test.features)
+    logits = test.logits
+    recipe = Recipe(cells, cfg.top_k, index=index, neighbours=cfg.retrieval.neighbours,
+                    within_top_cells=cfg.retrieval.within_top_cells)
+    modes = recipe.modes(test)
     if cfg.mode not in modes:
         raise GeolocError(f"evaluate.mode: {cfg.mode!r} is not available for this model; "
                           f"available: {', '.join(modes)} (all modes: {', '.join(MODES)})")
-    temperature, sequence_temperature = 1.0, 1.0
     if cfg.calibrate and val is not None and len(val.rows):
-        temperature, sequence_temperature = fit_temperatures(val.logits, val.rows)
-    log_probs = log_softmax(logits / temperature)
-    guesses = {mode: mode_points(mode, log_probs, offsets, cells, rows, cfg.top_k)
-               for mode in modes if mode != "retrieval"}
-    if retrieval:
-        guesses["retrieval"] = retrieval_points(index, test.features, log_probs,
-                                                cfg.retrieval.neighbours,
-                                                cfg.retrieval.within_top_cells)
+        recipe.temperature, recipe.sequence_temperature = fit_temperatures(val.logits,
+                                                                           val.rows)
+    log_probs = recipe.log_probs(test)
+    guesses = {mode: recipe.points(mode, test) for mode in modes}
     errors = {mode: haversine_km(rows["lat"], rows["lon"], lat, lon)
               for mode, (_, lat, lon) in guesses.items()}
     predictions = prediction_table(rows, log_probs, guesses, errors, cfg)
@@ -75,8 +72,7 @@ def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
     calibration = calibration_table(predictions["confidence"],
                                     predictions["pred_label"] == labels,
                                     errors["argmax"])
-    sequence_probs = np.exp(log_softmax(
-        sequence_evidence(log_probs, rows, online=False) / sequence_temperature))
+    sequence_probs = recipe.probabilities("sequence", test)
     sequence_calibration = calibration_table(sequence_probs.max(axis=1),
                                              sequence_probs.argmax(axis=1) == labels,
                                              errors["sequence"])
@@ -91,19 +87,19 @@ def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
         **{("mode_accuracy" if k == "accuracy" else k): v for k, v in headline.items()},
         "accuracy": float(np.mean(logits.argmax(1) == labels)),
         f"top{cfg.top_k}_accuracy": topk_accuracy(logits, labels, cfg.top_k),
-        "temperature": temperature,
+        "temperature": recipe.temperature,
         "expected_calibration_error": expected_calibration_error(calibration),
-        "sequence_temperature": sequence_temperature,
+        "sequence_temperature": recipe.sequence_temperature,
         "sequence_expected_calibration_error": expected_calibration_error(sequence_calibration),
         **reference_medians(rows, cells),
-        **(nearest_photo(index, test.features, rows) if retrieval else {}),
+        **(nearest_photo(index, test.features, rows) if "retrieval" in modes else {}),
     }
     by_city = pd.DataFrame([
         {"city": city, **figures(errors[cfg.mode][group.index], guesses[cfg.mode][0][group.index],
                                  group, cfg.bootstrap_samples),
          **reference_medians(group, cells)}
         for city, group in rows.groupby("city", sort=True)])
-    return Evaluation(metrics, mode_figures, predictions, by_city, calibration)
+    return Evaluation(metrics, mode_figures, recipe, predictions, by_city, calibration)
 
 
 def fit_temperatures(val_logits: np.ndarray, val_rows: pd.DataFrame) -> tuple[float, float]:

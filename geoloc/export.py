@@ -15,14 +15,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from geoloc.inference import Recipe
+from geoloc.models import Exported
 from geoloc.models.to_onnx import write_onnx
-from geoloc.outputs import predict_logits
-from geoloc.params import RetrievalParams
+from geoloc.outputs import predict_outputs
 from geoloc.predictor import (
+    CELL_COLUMNS,
     CELLS_NAME,
     FEATURES_MODEL,
     MODEL_NAME,
     RETRIEVAL_INDEX,
+    SNAPSHOT_FORMAT,
     SPEC_NAME,
     onnx_session,
 )
@@ -36,29 +39,30 @@ LATENCY_SECONDS = 1.0   # per runtime and batch size, after a warm-up
 
 def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
                  check_images: np.ndarray, out_dir: Path, opset: int,
-                 inference: dict | None = None) -> dict:
-    """Write model.ts, model.onnx, cells.json and model.json (the preprocessing spec and
-    `inference`: what the predictor needs from the evaluate stage, such as the `temperature`
-    it divides the logits by and the `sequence_temperature` it divides a sequence's summed
-    evidence by before a softmax, the headline `mode` and the `top_k` cells the topk modes
-    weigh) into out_dir; return sizes and parity."""
-    model.eval()
+                 recipe: dict | None = None) -> dict:
+    """Write model.ts, model.onnx (logits, and the hybrid head's offsets where the model has
+    one), cells.json (the class table: points, resolutions, parents) and model.json (the
+    snapshot's format and preprocessing, and `recipe`, what the evaluate stage wrote to
+    models/recipe.json: the headline `mode` and the Recipe's settings, its temperatures among
+    them; defaults otherwise) into out_dir; return sizes and parity."""
+    exported = Exported(model)
     example = torch.from_numpy(np.array(check_images[:2]))
     with torch.no_grad(), _torchscript_deprecation_quiet():
-        torch.jit.trace(model, example).save(str(out_dir / TORCHSCRIPT_NAME))
-    write_onnx(model, example, out_dir / MODEL_NAME, opset, "logits")
+        torch.jit.trace(exported, example).save(str(out_dir / TORCHSCRIPT_NAME))
+    write_onnx(exported, example, out_dir / MODEL_NAME, opset, exported.outputs)
     write_cells(cells, out_dir / CELLS_NAME)
-    spec = {"image_size": image_size, "num_classes": len(cells), "opset": opset,
-            "mode": "argmax", "top_k": 5, "temperature": 1.0, "sequence_temperature": 1.0,
-            **(inference or {}),
+    spec = {"format": SNAPSHOT_FORMAT, "image_size": image_size, "num_classes": len(cells),
+            "opset": opset, "outputs": exported.outputs, "mode": "argmax",
+            "recipe": Recipe(cells, top_k=5).settings(), **(recipe or {}),
             "input": "images: uint8, N x size x size x 3, RGB",
             "preprocess": "EXIF orientation applied, shorter side resized to image_size "
                           "(bicubic), centre crop; the model normalises its input itself",
             "output": "logits: float32, N x num_classes (cells.json gives each label's point); "
-                      "probabilities = softmax(logits / temperature)"}
+                      "probabilities = softmax(logits / temperature); offsets (hybrid models): "
+                      "float32, N x num_classes x 2, km east and north of each cell's point"}
     (out_dir / SPEC_NAME).write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
 
-    eager = predict_logits(model, check_images)
+    eager = predict_outputs(model, check_images)
     figures = {
         "image_size": image_size,
         "num_classes": len(cells),
@@ -66,10 +70,13 @@ def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
         "onnx_mb": _mb(out_dir / MODEL_NAME),
         "parity_images": len(check_images),
     }
-    for name, logits in (("torchscript", _torchscript_logits(out_dir, check_images)),
-                         ("onnx", onnx_logits(out_dir / MODEL_NAME, check_images))):
-        figures[f"{name}_max_abs_diff"] = float(np.abs(logits - eager).max())
-        figures[f"{name}_top1_agreement"] = float(np.mean(logits.argmax(1) == eager.argmax(1)))
+    for name, outputs in (("torchscript", _torchscript_outputs(out_dir, check_images)),
+                          ("onnx", onnx_outputs(out_dir / MODEL_NAME, check_images))):
+        figures[f"{name}_max_abs_diff"] = float(np.abs(outputs[0] - eager[0]).max())
+        figures[f"{name}_top1_agreement"] = float(np.mean(outputs[0].argmax(1)
+                                                          == eager[0].argmax(1)))
+        if exported.hybrid:
+            figures[f"{name}_offsets_max_abs_diff"] = float(np.abs(outputs[1] - eager[1]).max())
     return figures
 
 
@@ -105,35 +112,40 @@ def _median_ms(run, batch: np.ndarray) -> float:
     return 1000 * float(np.median(times))
 
 
-def add_retrieval(out_dir: Path, features_dir: Path, index_path: Path, size: int,
-                  cfg: RetrievalParams) -> dict:
-    """Copy the backbone that computes the features (features.onnx) and the training photos'
-    feature index (retrieval.npz) into out_dir; return the spec the predictor searches with."""
+def add_retrieval(out_dir: Path, features_dir: Path, index_path: Path, size: int) -> dict:
+    """Copy the backbone that computes the features (features.onnx, at `size` px) and the
+    training photos' feature index (retrieval.npz) into out_dir; return what model.json says
+    of them."""
     shutil.copyfile(features_dir / FEATURES_MODEL, out_dir / FEATURES_MODEL)
     shutil.copyfile(index_path, out_dir / RETRIEVAL_INDEX)
     with np.load(index_path) as index:
         photos = len(index["label"])
-    return {"image_size": size, "neighbours": cfg.neighbours,
-            "within_top_cells": cfg.within_top_cells, "photos": photos}
+    return {"image_size": size, "photos": photos}
 
 
 def write_cells(cells: pd.DataFrame, path: Path) -> None:
-    records = cells[["label", "cell", "lat", "lon"]].sort_values("label").to_dict(orient="records")
+    """The class table the modes need: each label's cell, point, resolution and parents."""
+    table = cells[list(CELL_COLUMNS)].sort_values("label")
+    records = [{**row, "label": int(row["label"]), "resolution": int(row["resolution"]),
+                "parents": [str(p) for p in row["parents"]]}
+               for row in table.to_dict(orient="records")]
     path.write_text(json.dumps(records, indent=1) + "\n")
 
 
-def onnx_logits(path: Path, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def onnx_outputs(path: Path, images: np.ndarray, batch_size: int = 256,
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits, offsets or None) of an exported ONNX model, in batches."""
     session = onnx_session(path)
-    return np.concatenate([
-        session.run(["logits"], {"images": np.ascontiguousarray(images[i:i + batch_size])})[0]
-        for i in range(0, len(images), batch_size)
-    ])
+    parts = [session.run(None, {"images": np.ascontiguousarray(images[i:i + batch_size])})
+             for i in range(0, len(images), batch_size)]
+    logits = np.concatenate([part[0] for part in parts])
+    return logits, np.concatenate([part[1] for part in parts]) if len(parts[0]) > 1 else None
 
 
-def _torchscript_logits(out_dir: Path, images: np.ndarray) -> np.ndarray:
+def _torchscript_outputs(out_dir: Path, images: np.ndarray):
     with _torchscript_deprecation_quiet():
         model = torch.jit.load(str(out_dir / TORCHSCRIPT_NAME))
-    return predict_logits(model, images)
+    return predict_outputs(model, images)
 
 
 @contextlib.contextmanager

@@ -12,9 +12,13 @@ them all; ../shared/reference/geolocation.md says where each comes from):
 - sequence: every frame of a sequence gets the argmax of the sequence's summed
   log-probabilities; sequence_online sums only the frames captured up to this one. Photos of
   one place (a panorama's faces, a rig's cameras: one view group, or one sequence and one
-  capture time) count as one frame: their log-probabilities are averaged first.
+  capture time) count as one frame: their log-probabilities are averaged first;
+- retrieval: the medoid of the positions of the nearest training photos in a pretrained
+  backbone's feature space (geoloc.retrieval).
 
-No torch here: the predictor of an exported snapshot runs these same functions.
+A Recipe holds what turns a model's Outputs into points (the class table, the temperatures,
+retrieval's index): the evaluate stage builds it and scores with it, the export ships it, and
+the predictor of a snapshot rebuilds it and answers with it. No torch here.
 """
 
 from __future__ import annotations
@@ -41,6 +45,58 @@ class Outputs:
     logits: np.ndarray
     offsets: np.ndarray | None = None
     features: np.ndarray | None = None
+
+
+@dataclass
+class Recipe:
+    """What turns a model's outputs into points, fixed by the evaluate stage: the class table
+    (labels, points, resolutions and parents), the number of cells the top-k modes weigh, the
+    temperatures fitted on val, and retrieval's index (a geoloc.retrieval.RetrievalIndex, or
+    None) and settings."""
+    cells: pd.DataFrame
+    top_k: int
+    temperature: float = 1.0
+    sequence_temperature: float = 1.0
+    index: object = None
+    neighbours: int = 10
+    within_top_cells: int = 0
+
+    def settings(self) -> dict:
+        """What the evaluate stage fixed, as a snapshot stores it (cells and index apart)."""
+        return {"top_k": self.top_k, "temperature": self.temperature,
+                "sequence_temperature": self.sequence_temperature,
+                "neighbours": self.neighbours, "within_top_cells": self.within_top_cells}
+
+    def modes(self, outputs: Outputs) -> tuple[str, ...]:
+        return available_modes(outputs.offsets is not None,
+                               self.index is not None and outputs.features is not None)
+
+    def log_probs(self, outputs: Outputs) -> np.ndarray:
+        return log_softmax(outputs.logits / self.temperature)
+
+    def points(self, mode: str, outputs: Outputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(label, lat, lon) per row under `mode`: see mode_points and retrieval_points."""
+        if mode not in self.modes(outputs):
+            raise GeolocError(f"mode {mode!r} is not available here; available: "
+                              f"{', '.join(self.modes(outputs))} (all modes: {', '.join(MODES)})")
+        log_probs = self.log_probs(outputs)
+        if mode == "retrieval":
+            from geoloc.retrieval import retrieval_points  # faiss loads only for retrieval
+
+            return retrieval_points(self.index, outputs.features, log_probs, self.neighbours,
+                                    self.within_top_cells)
+        return mode_points(mode, log_probs, outputs.offsets, self.cells, outputs.rows,
+                           self.top_k)
+
+    def probabilities(self, mode: str, outputs: Outputs) -> np.ndarray:
+        """N x K: the cell probabilities a mode's answer comes with. The sequence modes' are
+        their evidence's under the sequence temperature; the others', each photo's own."""
+        log_probs = self.log_probs(outputs)
+        if mode in ("sequence", "sequence_online"):
+            evidence = sequence_evidence(log_probs, outputs.rows,
+                                         online=mode == "sequence_online")
+            log_probs = log_softmax(evidence / self.sequence_temperature)
+        return np.exp(log_probs)
 
 
 def errors_km(logits: np.ndarray, offsets: np.ndarray | None, cells: pd.DataFrame,
@@ -80,10 +136,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp((low + high) / 2))
 
 
-def available_modes(offsets: np.ndarray | None, retrieval: bool) -> tuple[str, ...]:
+def available_modes(hybrid: bool, retrieval: bool) -> tuple[str, ...]:
     """The modes a model's outputs allow: hybrid needs the hybrid head's offsets, retrieval
     the features and their index."""
-    needs = {"hybrid": offsets is not None, "retrieval": retrieval}
+    needs = {"hybrid": hybrid, "retrieval": retrieval}
     return tuple(m for m in MODES if needs.get(m, True))
 
 
@@ -121,7 +177,7 @@ def _mode_labels(mode: str, log_probs: np.ndarray, points, table: pd.DataFrame,
         return sequence_labels(log_probs, rows, online=mode == "sequence_online")
     if mode == "retrieval":
         raise GeolocError("the retrieval mode needs the features and their index: "
-                          "geoloc.retrieval.retrieval_points makes its points")
+                          "Recipe.points makes its points")
     raise GeolocError(f"evaluate.mode: unknown mode {mode!r}; known: {', '.join(MODES)}")
 
 

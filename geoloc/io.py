@@ -47,10 +47,12 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json(data: dict, path: Path | str) -> None:
-    """Sorted keys, floats rounded to 6 significant places: stable, diff-friendly metrics."""
+def write_json(data: dict, path: Path | str, rounded: bool = True) -> None:
+    """Sorted keys, floats rounded to 6 significant places: stable, diff-friendly metrics;
+    `rounded=False` keeps every digit (values a later stage computes with)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_rounded(data), indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(_rounded(data) if rounded else data, indent=2,
+                                  sort_keys=True) + "\n")
 
 
 def write_parquet(df: pd.DataFrame, path: Path | str) -> None:

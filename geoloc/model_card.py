@@ -4,8 +4,6 @@ Reporting", 2019)."""
 
 from __future__ import annotations
 
-from geoloc.predictor import default_mode
-
 # What each source's images allow, and the credit they ask for.
 LICENCES = {
     "synthetic": "Rendered by the project's embedded synthetic world (geoloc/sources/"
@@ -37,7 +35,8 @@ def model_card(params: dict, evaluation: dict, data: dict, export: dict, spec: d
   (the mean position of its training photos).
 - Architecture: `{model['arch']}` ({weights}{frozen}), `{model['head']}` head{hybrid}, loss
   `{loss['name']}`.
-- {_default_mode(spec)}
+- The answer's default mode is `{spec['mode']}`, the one evaluated below; the snapshot serves
+  every mode evaluate scored, with the same functions and temperatures.
 - Input: one RGB photo, resized and centre-cropped to {export['image_size']} px (model.json);
   output: a probability per cell (softmax of logits / temperature, temperature
   {evaluation.get('temperature', 1.0):.3g} fitted on the validation split).
@@ -98,7 +97,7 @@ def _retrieval_section(spec: dict, evaluation: dict) -> str:
     return f"""- features.onnx and retrieval.npz: the retrieval mode. features.onnx computes a
   photo's features ({retrieval['image_size']} px), retrieval.npz holds those of the training
   photos (their principal components) and answers with the medoid of the positions of the
-  {retrieval['neighbours']} most similar ones{_within(retrieval)}.{nearest}
+  {spec['recipe']['neighbours']} most similar ones{_within(spec['recipe'])}.{nearest}
 
 ## The feature index holds the training photos' positions
 retrieval.npz stores the position (latitude, longitude) of every training photo,
@@ -108,15 +107,6 @@ the positions are part of what the licence covers. Export with `export.retrieval
 to leave the index out (the retrieval mode is then not served)."""
 
 
-def _default_mode(spec: dict) -> str:
-    served = default_mode(spec["mode"], "retrieval" in spec)
-    if served == spec["mode"]:
-        return f"The answer's default mode is `{served}`, the one evaluated below."
-    return (f"The figures below are of the `{spec['mode']}` mode, which this snapshot does not "
-            f"serve for a photo; its default mode is `{served}` (the evaluate stage's "
-            f"metrics/eval_modes.json has every mode's figures).")
-
-
-def _within(retrieval: dict) -> str:
-    cells = retrieval["within_top_cells"]
+def _within(recipe: dict) -> str:
+    cells = recipe["within_top_cells"]
     return f", among the photos of the {cells} likeliest cells" if cells else ""

@@ -17,8 +17,8 @@ def predict_outputs(model: torch.nn.Module, images: np.ndarray, positions=None, 
     """(logits N x K, offsets N x K x 2 in km or None) for uint8 images (N x S x S x 3), or
     for those at `positions` only, in batches so memory stays bounded."""
     positions = np.arange(len(images)) if positions is None else np.asarray(positions)
-    # An exported (TorchScript) model has `forward` only: logits, no offsets.
-    forward = getattr(model, "forward_train", None) or (lambda batch: (model(batch), None))
+    # An exported (TorchScript) model has `forward` only: logits, or (logits, offsets).
+    forward = getattr(model, "forward_train", None) or (lambda batch: _pair(model(batch)))
     # Indexing with an array copies the batch out of the read-only memory map, which torch
     # could not wrap.
     return _batched(model, forward, images, positions, device, batch_size)
@@ -36,6 +36,10 @@ def split_outputs(model: GeoNet, split: CachedSplit | FeatureSplit, device=None,
         return _batched(model, model.head_forward, split.features,
                         split.rows["feature_row"].to_numpy(), device, batch_size=4096)
     return predict_outputs(model, split.images, split.rows["cache_row"], device=device)
+
+
+def _pair(out) -> tuple:
+    return tuple(out) if isinstance(out, tuple | list) else (out, None)
 
 
 @torch.no_grad()

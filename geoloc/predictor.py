@@ -1,10 +1,12 @@
 """Predict from an exported snapshot (models/export) with ONNX Runtime: no training stack.
 
-The points come from the functions the evaluate stage scores with (geoloc.inference,
-geoloc.retrieval), under the temperatures it fitted; the snapshot's model.json names the mode
-it evaluated, the default here where it is a mode of one photo. A photo is a file path or its
-bytes: each input size decodes it afresh, as the resize cache and the features stage do (a
-JPEG decoded small for the classifier cannot then give the backbone its 224 px).
+The snapshot carries what the evaluate stage scored with: the model's outputs (logits, and
+the hybrid head's offsets), the whole class table, the temperatures, the number of cells the
+top-k modes weigh, retrieval's backbone and index. The predictor rebuilds that Recipe
+(geoloc.inference) and answers with it, in any mode evaluate reported; the default is the
+evaluated one. A photo is a file path or its bytes: each input size decodes it afresh, as the
+resize cache and the features stage do (a JPEG decoded small for the classifier cannot then
+give the backbone its 224 px).
 """
 
 from __future__ import annotations
@@ -22,27 +24,18 @@ from PIL import Image
 from geoloc.data.preprocess import to_square
 from geoloc.errors import GeolocError
 from geoloc.exif import photo_time
-from geoloc.inference import log_softmax, mode_points, sequence_evidence
+from geoloc.inference import Outputs, Recipe, available_modes
 
 MODEL_NAME = "model.onnx"
 CELLS_NAME = "cells.json"
 SPEC_NAME = "model.json"
 FEATURES_MODEL = "features.onnx"     # the backbone whose features the retrieval index holds
 RETRIEVAL_INDEX = "retrieval.npz"
-# The modes of one photo a snapshot can serve; retrieval only with its feature index.
-PHOTO_MODES = ("argmax", "topk", "topk_mean", "retrieval")
+# What this code reads: 2 added the offsets, the class table's parents and the recipe.
+SNAPSHOT_FORMAT = 2
+CELL_COLUMNS = ("label", "cell", "lat", "lon", "resolution", "parents")
 
 Photo = Path | str | bytes   # a file, or a file's bytes
-
-
-def served_modes(has_index: bool) -> tuple[str, ...]:
-    return tuple(m for m in PHOTO_MODES if m != "retrieval" or has_index)
-
-
-def default_mode(evaluated: str, has_index: bool) -> str:
-    """The mode a snapshot answers in unless asked: the evaluated one where it can serve it
-    for one photo, else argmax."""
-    return evaluated if evaluated in served_modes(has_index) else "argmax"
 
 
 @dataclass(frozen=True)
@@ -63,82 +56,84 @@ class Predictor:
                 raise GeolocError(f"{snapshot / name} not found: run the export stage "
                                   f"(dvc repro export) or pass --model")
         self.spec = json.loads((snapshot / SPEC_NAME).read_text())
+        if self.spec.get("format", 1) != SNAPSHOT_FORMAT:
+            raise GeolocError(f"{snapshot} is a snapshot of format {self.spec.get('format', 1)}; "
+                              f"this geoloc reads format {SNAPSHOT_FORMAT}: export it again "
+                              f"(dvc repro export)")
         self.cells = json.loads((snapshot / CELLS_NAME).read_text())
-        self.table = pd.DataFrame(self.cells)
         self.session = onnx_session(snapshot / MODEL_NAME)
-        self.retrieval = None
-        if "retrieval" in self.spec:
+        retrieval = self.spec.get("retrieval")
+        index, self.features_session = None, None
+        if retrieval is not None:
             from geoloc.retrieval import RetrievalIndex  # faiss loads only with an index
 
-            self.retrieval = (onnx_session(snapshot / FEATURES_MODEL),
-                              RetrievalIndex.load(snapshot / RETRIEVAL_INDEX))
-        self.modes = served_modes(self.retrieval is not None)
-        self.mode = default_mode(self.spec["mode"], self.retrieval is not None)
+            index = RetrievalIndex.load(snapshot / RETRIEVAL_INDEX)
+            self.features_session = onnx_session(snapshot / FEATURES_MODEL)
+        self.recipe = Recipe(pd.DataFrame(self.cells), index=index, **self.spec["recipe"])
+        self.modes = available_modes("offsets" in self.spec["outputs"], index is not None)
+        self.mode = self.spec["mode"]
 
-    def predict(self, photos: list[Photo], top_k: int = 5,
-                mode: str | None = None) -> list[Prediction]:
-        """One prediction per photo, in `mode` (default: the evaluated one where it is a mode
-        of one photo, else argmax)."""
+    def predict(self, photos: list[Photo], top_k: int = 5, mode: str | None = None,
+                rows: pd.DataFrame | None = None) -> list[Prediction]:
+        """One prediction per photo in `mode` (default: the evaluated one), with the top_k
+        likeliest cells. The sequence modes take the photos' `rows` (sequence_id,
+        captured_at, view_group; image_id) or, without them, the photos as one drive, their
+        EXIF capture times telling views of one place apart from the drive's other places."""
         mode = self._mode(mode)
-        log_probs = self.log_probs(photos)
-        rows = pd.DataFrame(index=range(len(photos)))
-        if mode == "retrieval":
-            from geoloc.retrieval import retrieval_points
+        outputs = self.outputs(photos, rows, features=mode == "retrieval")
+        label, lat, lon = self.recipe.points(mode, outputs)
+        probs = self.recipe.probabilities(mode, outputs)
+        return [self._prediction(p, top_k, mode, int(lb), float(a), float(o))
+                for p, lb, a, o in zip(probs, label, lat, lon, strict=True)]
 
-            features = self._features(photos)
-            spec = self.spec["retrieval"]
-            label, lat, lon = retrieval_points(self.retrieval[1], features, log_probs,
-                                               spec["neighbours"], spec["within_top_cells"])
-        else:
-            label, lat, lon = mode_points(mode, log_probs, None, self.table, rows,
-                                          self.spec["top_k"])
-        return [self._prediction(np.exp(row), top_k, mode, (int(lb), float(a), float(o)))
-                for row, lb, a, o in zip(log_probs, label, lat, lon, strict=True)]
-
-    def predict_sequence(self, photos: list[Photo], top_k: int = 5) -> Prediction:
-        """One prediction for photos of one drive: the cell with the most evidence, the
-        log-probabilities summed over its places (the evaluate stage's `sequence` mode); photos
-        with one EXIF capture time are views of one place and count as one frame. Confidence
-        and top-k are the evidence's probabilities under the sequence temperature."""
-        times = []
-        for photo in photos:
-            with _open(photo) as image:
-                times.append(photo_time(image) or 0)
-        rows = pd.DataFrame({"image_id": [str(i) for i in range(len(photos))],
-                             "sequence_id": "query", "captured_at": times})
-        evidence = sequence_evidence(self.log_probs(photos), rows, online=False)[0]
-        probs = np.exp(log_softmax(evidence[None] / self.spec["sequence_temperature"]))[0]
-        return self._prediction(probs, top_k, "sequence")
-
-    def log_probs(self, photos: list[Photo]) -> np.ndarray:
-        """N x K log-probabilities, the logits divided by the snapshot's temperature."""
-        batch = _squares(photos, self.spec["image_size"])
-        logits = self.session.run(["logits"], {"images": batch})[0].astype(np.float64)
-        return log_softmax(logits / self.spec["temperature"])
+    def outputs(self, photos: list[Photo], rows: pd.DataFrame | None = None,
+                features: bool = False) -> Outputs:
+        """The model's outputs for the photos (and the backbone's features, if asked)."""
+        results = self.session.run(None, {"images": _squares(photos, self.spec["image_size"])})
+        return Outputs(drive_rows(photos) if rows is None else rows,
+                       results[0].astype(np.float64),
+                       results[1].astype(np.float64) if len(results) > 1 else None,
+                       self._features(photos) if features else None)
 
     def _features(self, photos: list[Photo]) -> np.ndarray:
+        if self.features_session is None:
+            raise GeolocError("this snapshot was exported without its feature index "
+                              "(export.retrieval_index): it does not serve retrieval")
         batch = _squares(photos, self.spec["retrieval"]["image_size"])
-        return self.retrieval[0].run(["features"], {"images": batch})[0]
+        return self.features_session.run(["features"], {"images": batch})[0]
 
     def _mode(self, mode: str | None) -> str:
         if mode is None:
             return self.mode
         if mode not in self.modes:
-            more = (" (retrieval: this snapshot was exported without its feature index, "
-                    "export.retrieval_index)" if mode == "retrieval" else "")
-            raise GeolocError(f"mode {mode!r} is not one this snapshot serves for a photo; "
-                              f"it serves {', '.join(self.modes)}{more}")
+            more = {"retrieval": " (this snapshot was exported without its feature index, "
+                                 "export.retrieval_index)",
+                    "hybrid": " (hybrid needs a model trained with model.hybrid)"}.get(mode, "")
+            raise GeolocError(f"mode {mode!r} is not one this snapshot serves; it serves "
+                              f"{', '.join(self.modes)}{more}")
         return mode
 
-    def _prediction(self, probs: np.ndarray, top_k: int, mode: str,
-                    point: tuple[int, float, float] | None = None) -> Prediction:
-        """The answer: `point` (label, lat, lon; label -1 where it is no cell's point) or the
-        likeliest cell's point, and the top-k cells."""
+    def _prediction(self, probs: np.ndarray, top_k: int, mode: str, label: int, lat: float,
+                    lon: float) -> Prediction:
+        """The answer at (lat, lon), its cell (`label`, or the likeliest cell where the point is
+        no cell's: -1) with that cell's probability, and the top-k cells."""
         order = np.argsort(-probs, kind="stable")[:top_k]
-        top = [{**self.cells[i], "probability": float(probs[i])} for i in order]
-        label, lat, lon = point or (int(order[0]), top[0]["lat"], top[0]["lon"])
-        cell = self.cells[label if label >= 0 else int(order[0])]
+        top = [{**self._cell(i), "probability": float(probs[i])} for i in order]
+        cell = self.cells[label if label >= 0 else int(np.argmax(probs))]
         return Prediction(lat, lon, cell["cell"], float(probs[cell["label"]]), top, mode)
+
+    def _cell(self, label: int) -> dict:
+        return {k: self.cells[label][k] for k in ("label", "cell", "lat", "lon")}
+
+
+def drive_rows(photos: list[Photo]) -> pd.DataFrame:
+    """The photos as frames of one drive, with their EXIF capture times (0 where none)."""
+    times = []
+    for photo in photos:
+        with _open(photo) as image:
+            times.append(photo_time(image) or 0)
+    return pd.DataFrame({"image_id": [str(i) for i in range(len(photos))],
+                         "sequence_id": "query", "captured_at": times})
 
 
 def onnx_session(path: Path) -> ort.InferenceSession:

@@ -30,7 +30,8 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
-from geoloc.predictor import CELLS_NAME, PHOTO_MODES, Prediction, Predictor
+from geoloc.inference import MODES
+from geoloc.predictor import CELLS_NAME, Prediction, Predictor
 from geoloc.upload import Form, UploadError, check_declared_length, read_form
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ UPLOAD_FORM = {"requestBody": {"required": True, "content": {"multipart/form-dat
         "image": {"type": "string", "format": "binary", "description": "a JPEG, PNG or WebP"},
         "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K,
                   "default": DEFAULT_TOP_K, "description": "cells to return (or in the query)"},
-        "mode": {"type": "string", "enum": list(PHOTO_MODES),
+        "mode": {"type": "string", "enum": list(MODES),
                  "description": "how to make the point (or in the query); default: the mode "
                                 "the snapshot was evaluated in, see GET /model"},
     }}}}}}

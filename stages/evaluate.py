@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--features", default="data/features")
     parser.add_argument("--retrieval", default="models/retrieval.npz",
                         help="the feature index of the training photos (retrieval mode)")
+    parser.add_argument("--recipe", default="models/recipe.json",
+                        help="the headline mode and what turns outputs into points (the "
+                             "temperatures among them): the export ships it")
     parser.add_argument("--metrics", default="metrics/eval.json")
     parser.add_argument("--modes", default="metrics/eval_modes.json",
                         help="the figures of every inference mode")
@@ -59,6 +62,8 @@ def main() -> None:
                                  params.evaluate.retrieval.dims)
     result = evaluate(outputs["test"], cells, params.evaluate, outputs["val"], index)
     index.save(args.retrieval)
+    write_json({"mode": params.evaluate.mode, "recipe": result.recipe.settings()}, args.recipe,
+               rounded=False)
 
     write_json(result.metrics, args.metrics)
     write_json(result.modes, args.modes)

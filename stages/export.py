@@ -34,6 +34,8 @@ def main() -> None:
                         help="the features stage's (its features.onnx ships with the index)")
     parser.add_argument("--retrieval", default="models/retrieval.npz",
                         help="the evaluate stage's feature index")
+    parser.add_argument("--recipe", default="models/recipe.json",
+                        help="the evaluate stage's mode, temperatures and settings")
     parser.add_argument("--out", default="models/export")
     parser.add_argument("--metrics", default="metrics/export.json")
     parser.add_argument("--eval", default="metrics/eval.json", help="the evaluate stage's")
@@ -41,8 +43,10 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params()
-    model, cells, checkpoint = load_checkpoint(args.model)
-    check_cells(cells, load_cells(args.splits), args.model)
+    model, model_cells, checkpoint = load_checkpoint(args.model)
+    # The split's table, once it is known to be the model's: it has the parents too.
+    cells = load_cells(args.splits)
+    check_cells(model_cells, cells, args.model)
     size = checkpoint["model"]["image_size"]
     # Parity on a bounded sample: the first test photos that decode (the features stage's
     # rows), decoded as the predictor decodes them.
@@ -51,13 +55,11 @@ def main() -> None:
     check = np.stack([read_squares(Path(args.raw) / path, (size,))[0] for path in test["path"]])
     evaluation = json.loads(Path(args.eval).read_text())
     data = json.loads(Path(args.data).read_text())
-    spec = {"mode": params.evaluate.mode, "top_k": params.evaluate.top_k,
-            "temperature": evaluation.get("temperature", 1.0),
-            "sequence_temperature": evaluation.get("sequence_temperature", 1.0)}
+    spec = json.loads(Path(args.recipe).read_text())
     with atomic_dir(args.out) as tmp:
         if params.export.retrieval_index:
             spec["retrieval"] = add_retrieval(tmp, Path(args.features), Path(args.retrieval),
-                                              params.features.size, params.evaluate.retrieval)
+                                              params.features.size)
         figures = export_model(model, cells, size, check, tmp, params.export.opset, spec)
         write_json(checkpoint["params"], tmp / "params.json")
         write_json({"evaluate": evaluation, "export": figures}, tmp / "metrics.json")

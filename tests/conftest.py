@@ -83,7 +83,8 @@ def tiny_snapshot(tmp_path_factory) -> Path:
     cells = pd.DataFrame({"label": range(len(SNAPSHOT_CITIES)),
                           "cell": [h3.latlng_to_cell(lat, lon, 5) for lat, lon in SNAPSHOT_CITIES],
                           "lat": [lat for lat, _ in SNAPSHOT_CITIES],
-                          "lon": [lon for _, lon in SNAPSHOT_CITIES]})
+                          "lon": [lon for _, lon in SNAPSHOT_CITIES], "resolution": 5})
+    cells["parents"] = [[h3.latlng_to_cell(lat, lon, 4)] for lat, lon in SNAPSHOT_CITIES]
     torch.manual_seed(0)
     model = build_model(tiny_params(model={"width": 4}).model, len(cells))
     check = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
@@ -121,7 +122,7 @@ def retrieval_snapshot(tiny_snapshot, tmp_path_factory) -> Path:
     torch.manual_seed(1)
     extractor = FeatureExtractor(build_model(tiny_params(model={"width": 4}).model, 1))
     write_onnx(extractor, torch.zeros((2, 48, 48, 3), dtype=torch.uint8), out / FEATURES_MODEL,
-               18, "features")
+               18, ["features"])
     images = np.stack([to_square(noisy_photo(seed), 48) for seed in range(12)])
     with torch.no_grad():
         features = extractor(torch.from_numpy(images)).numpy()
@@ -130,6 +131,7 @@ def retrieval_snapshot(tiny_snapshot, tmp_path_factory) -> Path:
     lon = np.array([SNAPSHOT_CITIES[i][1] for i in labels])
     RetrievalIndex.build(features, lat, lon, labels, dims=8).save(out / RETRIEVAL_INDEX)
     spec = json.loads((out / SPEC_NAME).read_text())
-    spec["retrieval"] = {"image_size": 48, "neighbours": 1, "within_top_cells": 0}
+    spec["retrieval"] = {"image_size": 48, "photos": 12}
+    spec["recipe"].update(neighbours=1, within_top_cells=0)
     (out / SPEC_NAME).write_text(json.dumps(spec))
     return out

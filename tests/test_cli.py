@@ -62,7 +62,7 @@ def test_a_sequence_counts_the_views_of_one_place_once(tiny_snapshot, tmp_path):
     assert answer["path"] == "sequence of 12 photos"
 
     predictor = Predictor(tiny_snapshot)
-    log_probs = predictor.log_probs(faces)
+    log_probs = predictor.recipe.log_probs(predictor.outputs(faces))
     places = log_probs.reshape(3, 4, -1).mean(axis=1).sum(axis=0)
     expected = np.exp(places - np.logaddexp.reduce(places))
     assert [t["probability"] for t in answer["top"]] == pytest.approx(
@@ -83,4 +83,4 @@ def test_modes_of_one_photo_and_retrieval(retrieval_snapshot, tiny_snapshot, tmp
     result = predict(tiny_snapshot, photo, "--mode", "retrieval")
     assert result.returncode == 2
     assert "exported without its feature index" in result.stderr
-    assert "it serves argmax, topk, topk_mean" in result.stderr
+    assert "it serves argmax, topk, topk_mean, hierarchical" in result.stderr

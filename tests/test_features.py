@@ -23,7 +23,7 @@ def session(tmp_path_factory):
     extractor = FeatureExtractor(build_model(tiny_params(model={"width": 4}).model, 1))
     path = tmp_path_factory.mktemp("onnx") / feats.MODEL_NAME
     write_onnx(extractor, torch.zeros((2, 32, 32, 3), dtype=torch.uint8), path, feats.OPSET,
-               "features")
+               ["features"])
     return feats.ort.InferenceSession(str(path))
 
 

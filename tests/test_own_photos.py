@@ -92,7 +92,8 @@ def test_panorama_faces_are_one_place_in_a_sequence(region):
     assert answer["mode"] == "sequence" and answer["path"] == "sequence of 4 photos"
     # One place (the faces share their EXIF capture time): its evidence is the faces' mean.
     predictor = Predictor(region / "models/export")
-    place = predictor.log_probs(faces).mean(axis=0) / predictor.spec["sequence_temperature"]
+    log_probs = predictor.recipe.log_probs(predictor.outputs(faces))
+    place = log_probs.mean(axis=0) / predictor.recipe.sequence_temperature
     assert answer["confidence"] == pytest.approx(
         float(np.exp(place.max() - np.logaddexp.reduce(place))), rel=1e-6)
 

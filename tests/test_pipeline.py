@@ -159,7 +159,8 @@ def test_cli_combines_the_frames_of_a_sequence(repo, tmp_path):
     # The renders carry no capture time: each frame is a place of its own, and the answer is
     # the sum of the frames' log-probabilities under the sequence temperature.
     predictor = Predictor(repo / "models/export")
-    joint = predictor.log_probs(frames).sum(axis=0) / predictor.spec["sequence_temperature"]
+    log_probs = predictor.recipe.log_probs(predictor.outputs(frames))
+    joint = log_probs.sum(axis=0) / predictor.recipe.sequence_temperature
     cells = json.loads((repo / "models/export/cells.json").read_text())
     assert prediction["cell"] == cells[int(joint.argmax())]["cell"]
     assert prediction["confidence"] == pytest.approx(
@@ -175,9 +176,10 @@ def test_export_snapshot_stands_alone_and_is_timed(repo):
         repo / "data/features/features.onnx").read_bytes()
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
     spec = json.loads((snapshot / "model.json").read_text())
-    assert spec["temperature"] == evaluation["temperature"]
-    assert spec["sequence_temperature"] == evaluation["sequence_temperature"]
-    assert spec["mode"] == "argmax" and spec["retrieval"]["neighbours"] == 10
+    recipe = json.loads((repo / "models/recipe.json").read_text())
+    assert spec["recipe"] == recipe["recipe"] and spec["format"] == 2
+    assert spec["recipe"]["temperature"] == pytest.approx(evaluation["temperature"], rel=1e-5)
+    assert spec["mode"] == "argmax" and spec["recipe"]["neighbours"] == 10
     assert json.loads((snapshot / "metrics.json").read_text())["evaluate"] == evaluation
     assert json.loads((snapshot / "params.json").read_text())["model"]["arch"] == "cnn"
     card = (snapshot / "MODEL_CARD.md").read_text()
@@ -188,6 +190,49 @@ def test_export_snapshot_stands_alone_and_is_timed(repo):
     for runtime in ("eager", "torchscript", "onnx"):
         for batch in (1, 32):
             assert export[f"latency_ms_{runtime}_batch{batch}"] > 0
+
+
+def served_points(repo: Path, modes: list[str]) -> dict:
+    """Each mode's points from the exported snapshot for the test photos (the raw JPEGs, with
+    the test split's drives), beside the evaluate stage's for the same photos."""
+    from geoloc.predictor import Predictor
+
+    evaluated = pd.read_parquet(repo / "data/eval/predictions.parquet")
+    test = (pd.read_parquet(repo / "data/splits/test.parquet").set_index("image_id")
+            .loc[evaluated["image_id"]].reset_index())
+    photos = [repo / "data/raw" / path for path in test["path"]]
+    predictor = Predictor(repo / "models/export")
+    assert set(modes) <= set(predictor.modes)
+    points = {}
+    for mode in modes:
+        answers = predictor.predict(photos, 1, mode, rows=test)
+        points[mode] = (np.array([[a.lat, a.lon] for a in answers]),
+                        evaluated[[f"pred_lat_{mode}", f"pred_lon_{mode}"]].to_numpy())
+    return points
+
+
+def test_what_is_served_is_what_was_evaluated(repo):
+    """Every mode evaluate scored, from the snapshot alone (ONNX Runtime, the exported class
+    table, temperatures and index), gives evaluate's points for the test photos."""
+    modes = ["argmax", "topk", "topk_mean", "hierarchical", "sequence", "sequence_online",
+             "retrieval"]
+    for mode, (served, evaluated) in served_points(repo, modes).items():
+        assert np.allclose(served, evaluated, atol=1e-6, rtol=0), mode
+
+
+def test_a_hybrid_model_serves_its_offsets(repo, tmp_path):
+    work = shutil.copytree(repo, tmp_path / "work", symlinks=True)
+    write_params(work, **{**TINY, "model": {"width": 4, "hybrid": True},
+                          "evaluate": {"mode": "hybrid"}})
+    run(["dvc", "repro", "export"], work)
+    spec = json.loads((work / "models/export/model.json").read_text())
+    assert spec["outputs"] == ["logits", "offsets"] and spec["mode"] == "hybrid"
+    export = json.loads((work / "metrics/export.json").read_text())
+    assert export["onnx_offsets_max_abs_diff"] < 1e-3
+    for mode, (served, evaluated) in served_points(work, ["hybrid", "argmax"]).items():
+        assert np.allclose(served, evaluated, atol=1e-6, rtol=0), mode
+    hybrid, argmax = served_points(work, ["hybrid", "argmax"]).values()
+    assert not np.allclose(hybrid[0], argmax[0])     # the offsets move the points
 
 
 def test_an_export_without_the_feature_index(repo, tmp_path):
@@ -202,7 +247,7 @@ def test_an_export_without_the_feature_index(repo, tmp_path):
     assert "No feature index" in (work / "models/bare/MODEL_CARD.md").read_text()
     from geoloc.predictor import Predictor
 
-    assert Predictor(work / "models/bare").modes == ("argmax", "topk", "topk_mean")
+    assert "retrieval" not in Predictor(work / "models/bare").modes
 
 
 def test_second_repro_does_nothing(repo):

@@ -1,12 +1,17 @@
 """The predictor of an exported snapshot: each input size decodes a photo afresh."""
 
+import json
+import shutil
+
 import numpy as np
 import onnxruntime as ort
+import pytest
 from conftest import noisy_photo
 from PIL import Image
 
 from geoloc.data.preprocess import read_squares, to_square
-from geoloc.predictor import FEATURES_MODEL, Predictor
+from geoloc.errors import GeolocError
+from geoloc.predictor import FEATURES_MODEL, SPEC_NAME, Predictor
 
 
 def test_each_input_size_decodes_the_photo_afresh(retrieval_snapshot, tmp_path):
@@ -36,3 +41,14 @@ def test_the_topk_modes_weigh_the_evaluated_number_of_cells(tiny_snapshot, tmp_p
     assert (one.lat, one.lon) == (six.lat, six.lon) and len(one.top) == 1
     argmax = predictor.predict([path], 1, "argmax")[0]
     assert (one.lat, one.lon) != (argmax.lat, argmax.lon)
+
+
+def test_a_snapshot_of_another_format_is_refused(tiny_snapshot, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(tiny_snapshot, old)
+    spec = json.loads((old / SPEC_NAME).read_text())
+    del spec["format"]                                 # what the first exports wrote
+    (old / SPEC_NAME).write_text(json.dumps(spec))
+    with pytest.raises(GeolocError, match="snapshot of format 1; this geoloc reads format 2: "
+                                          r"export it again \(dvc repro export\)"):
+        Predictor(old)

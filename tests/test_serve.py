@@ -86,7 +86,8 @@ def test_model_describes_the_snapshot_and_its_metrics(tiny_snapshot, tmp_path):
 def test_model_without_metrics(server):
     about = requests.get(f"{server}/model", timeout=10).json()
     assert set(about) == {"model", "cells", "limits", "modes", "default_mode"}
-    assert about["modes"] == ["argmax", "topk", "topk_mean"] and about["default_mode"] == "argmax"
+    assert about["modes"] == ["argmax", "topk", "topk_mean", "hierarchical", "sequence",
+                              "sequence_online"] and about["default_mode"] == "argmax"
     assert about["limits"] == {"max_upload_bytes": 20_000_000, "max_pixels": 50_000_000,
                                "timeout_s": 30.0}
 
@@ -128,7 +129,7 @@ def test_modes_from_the_form_or_the_query_and_retrieval(retrieval_snapshot):
     index = RetrievalIndex.load(retrieval_snapshot / RETRIEVAL_INDEX)
     with serving(create_app(retrieval_snapshot)) as url:
         about = requests.get(f"{url}/model", timeout=10).json()
-        assert about["modes"] == ["argmax", "topk", "topk_mean", "retrieval"]
+        assert about["modes"][-1] == "retrieval" and "hybrid" not in about["modes"]
         default = post(url, data).json()
         by_form = post(url, data, fields={"mode": "retrieval"}).json()
         by_query = post(url, data, params={"mode": "retrieval"}).json()
@@ -139,8 +140,8 @@ def test_modes_from_the_form_or_the_query_and_retrieval(retrieval_snapshot):
     assert (by_form["lat"], by_form["lon"]) == (index.lat[5], index.lon[5])
     best = Predictor(retrieval_snapshot).predict([data], 5, "topk")[0]
     assert (topk["mode"], topk["lat"], topk["lon"]) == ("topk", best.lat, best.lon)
-    assert_refused(refused, 422, "mode must be one of argmax, topk, topk_mean, retrieval",
-                   "'hybrid'")
+    assert_refused(refused, 422, "mode must be one of argmax, topk, topk_mean, hierarchical, "
+                   "sequence, sequence_online, retrieval", "'hybrid'")
 
 
 def test_top_k_from_the_query_or_the_form(server, tiny_snapshot):

@@ -65,7 +65,7 @@ def export_backbone(cfg: FeaturesParams, out_dir: Path) -> ort.InferenceSession:
     path = Path(out_dir) / MODEL_NAME
     example = torch.zeros((2, cfg.size, cfg.size, 3), dtype=torch.uint8)
     with torch.no_grad():
-        write_onnx(feature_extractor(cfg), example, path, OPSET, "features")
+        write_onnx(feature_extractor(cfg), example, path, OPSET, ["features"])
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 

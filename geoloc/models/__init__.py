@@ -5,7 +5,7 @@ from __future__ import annotations
 from geoloc.errors import GeolocError
 from geoloc.models.cnn import build_cnn
 from geoloc.models.efficientnet import build_efficientnet_lite0
-from geoloc.models.geonet import FeatureExtractor, GeoNet
+from geoloc.models.geonet import Exported, FeatureExtractor, GeoNet
 from geoloc.models.heads import Head
 from geoloc.models.resnet import build_resnet18
 from geoloc.params import FeaturesParams, ModelParams
@@ -18,7 +18,8 @@ BACKBONES = {
     "efficientnet_lite0": build_efficientnet_lite0,
 }
 
-__all__ = ["BACKBONES", "FeatureExtractor", "GeoNet", "build_model", "feature_extractor"]
+__all__ = ["BACKBONES", "Exported", "FeatureExtractor", "GeoNet", "build_model",
+           "feature_extractor"]
 
 
 def build_model(cfg: ModelParams, num_classes: int, *, load_weights: bool = True) -> GeoNet:

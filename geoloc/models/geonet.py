@@ -69,6 +69,25 @@ class GeoNet(nn.Module):
         return self
 
 
+class Exported(nn.Module):
+    """What an export ships: uint8 images in, logits out, and the hybrid head's offsets too
+    where the model has one (`forward_train` in eval mode), so a snapshot serves every mode
+    evaluation scored."""
+
+    def __init__(self, net: GeoNet):
+        super().__init__()
+        self.net = net
+        self.hybrid = net.head.offsets is not None
+        self.eval()
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["logits", "offsets"] if self.hybrid else ["logits"]
+
+    def forward(self, images: torch.Tensor):
+        return self.net.forward_train(images) if self.hybrid else self.net(images)
+
+
 class FeatureExtractor(nn.Module):
     """uint8 images in, the backbone's features out: the model the features stage exports and
     runs, and the one an export snapshot ships for retrieval."""

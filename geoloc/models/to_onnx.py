@@ -9,12 +9,12 @@ import torch
 
 
 def write_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, opset: int,
-               output: str) -> None:
-    """`module` (uint8 images in, one output named `output`) as an ONNX file with a dynamic
+               outputs: list[str]) -> None:
+    """`module` (uint8 images in, the named `outputs` out) as an ONNX file with a dynamic
     batch, the same bytes from any checkout."""
     torch.onnx.export(
         module, (example,), str(path), dynamo=True, opset_version=opset, verbose=False,
-        input_names=["images"], output_names=[output], external_data=False,
+        input_names=["images"], output_names=outputs, external_data=False,
         dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
     )
     _strip_stack_traces(path)
