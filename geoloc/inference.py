@@ -28,12 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from geoloc.choices import MODES
 from geoloc.data.cells import hierarchy_levels
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km, mean_point, shift_km
-
-MODES = ("argmax", "topk", "topk_mean", "hierarchical", "hybrid", "sequence", "sequence_online",
-         "retrieval")
 
 
 @dataclass

@@ -17,6 +17,16 @@ from pathlib import Path
 
 import yaml
 
+from geoloc.choices import (
+    ARCHS,
+    FEATURE_BACKBONES,
+    HEADS,
+    LOSSES,
+    MODES,
+    PRECISIONS,
+    PROTOCOLS,
+    SOURCES,
+)
 from geoloc.data.cities import BATCH_PATTERN, BATCH_RULE
 from geoloc.errors import GeolocError
 
@@ -102,7 +112,7 @@ class LocalParams:
 
 @dataclass(frozen=True)
 class FetchParams:
-    source: str = knob(choices=("synthetic", "mapillary", "local"))
+    source: str = knob(choices=SOURCES)
     max_disk_gb: float = knob(min=0.001)
     synthetic: SyntheticParams = knob()
     mapillary: MapillaryParams = knob()
@@ -139,7 +149,7 @@ class SplitParams:
     test_fraction: float = knob(min=0.0, max=0.9)
     twin_max_gap_s: float = knob(min=0.0, max=3600.0)
     twin_max_gap_m: float = knob(min=0.0, max=10000.0)
-    protocol: str = knob(choices=("sequence", "spatial"))
+    protocol: str = knob(choices=PROTOCOLS)
     block_resolution: int | str = knob(min=0, max=15, auto=True)
     one_image_per_sequence: bool = knob()
 
@@ -166,10 +176,6 @@ class CacheParams:
             raise ParamsError(f"{key}.sizes: a size is listed twice in {self.sizes}")
 
 
-# The backbones with ImageNet weights: what the features stage can compute features with.
-FEATURE_BACKBONES = ("efficientnet_lite0", "resnet18")
-
-
 @dataclass(frozen=True)
 class FeaturesParams:
     backbone: str = knob(choices=FEATURE_BACKBONES)
@@ -179,19 +185,19 @@ class FeaturesParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    arch: str = knob(choices=("cnn", "resnet18", "efficientnet_lite0"))
+    arch: str = knob(choices=ARCHS)
     width: int = knob(min=4, max=512)
     dropout: float = knob(min=0.0, max=0.9)
     pretrained: bool = knob()
     weights_path: str | None = knob()
     freeze_backbone: bool = knob()
-    head: str = knob(choices=("linear", "mlp"))
+    head: str = knob(choices=HEADS)
     hybrid: bool = knob()
 
 
 @dataclass(frozen=True)
 class LossParams:
-    name: str = knob(choices=("cross_entropy", "haversine", "hierarchical"))
+    name: str = knob(choices=LOSSES)
     label_smoothing: float = knob(min=0.0, max=0.9)
     tau_km: float = knob(min=0.001, max=20000.0)
     hierarchy_weight: float = knob(min=0.0, max=100.0)
@@ -210,7 +216,7 @@ class TrainParams:
     warmup_epochs: float = knob(min=0.0, max=100.0)
     augment: bool = knob()
     workers: int = knob(min=0, max=64)
-    precision: str = knob(choices=("fp32", "bf16", "fp16"))
+    precision: str = knob(choices=PRECISIONS)
     multiscale: bool = knob()
     resume: bool = knob()
 
@@ -224,7 +230,7 @@ class RetrievalParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    mode: str = knob()                  # checked against geoloc.inference.MODES by evaluate
+    mode: str = knob(choices=MODES)
     top_k: int = knob(min=1, max=100)
     bootstrap_samples: int = knob(min=100, max=100_000)
     calibrate: bool = knob()

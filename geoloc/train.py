@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from geoloc import choices
+from geoloc.choices import registry
 from geoloc.data.augment import BatchAugment
 from geoloc.data.cache import CachedSplit, ids_digest
 from geoloc.data.features import FeatureSplit
@@ -39,7 +41,8 @@ from geoloc.params import LossParams, TrainParams
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = registry(choices.PRECISIONS,
+                      {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16})
 
 
 @dataclass

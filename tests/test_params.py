@@ -53,6 +53,10 @@ def test_repo_params_load(default_params):
      "model.freeze_backbone trains a head on the features of the features stage"),
     ({"features": {"backbone": "cnn"}}, "features.backbone: 'cnn' is not one of"),
     ({"split": {"protocol": "random"}}, "split.protocol: 'random' is not one of sequence, spatial"),
+    ({"loss": {"name": "focal"}},
+     "loss.name: 'focal' is not one of cross_entropy, haversine, hierarchical"),
+    ({"evaluate": {"mode": "vote"}}, "evaluate.mode: 'vote' is not one of argmax, topk"),
+    ({"model": {"head": "deep"}}, "model.head: 'deep' is not one of linear, mlp"),
 ])
 def test_bad_params_name_the_key(change, message):
     with pytest.raises(ParamsError) as info:
@@ -104,13 +108,18 @@ def test_unreadable_file(tmp_path):
         load_params(tmp_path / "missing.yaml")
 
 
-def test_choices_match_the_registries():
+def test_params_and_registries_read_one_list_per_choice():
+    from geoloc import choices
     from geoloc.models import BACKBONES
-    from geoloc.params import FetchParams, ModelParams
+    from geoloc.params import FetchParams, ModelParams, TrainParams
     from geoloc.sources import SOURCES
+    from geoloc.train import PRECISIONS
 
-    def choices(cls, name):
+    def allowed(cls, name):
         return {f.name: f for f in dataclasses.fields(cls)}[name].metadata["choices"]
 
-    assert set(choices(FetchParams, "source")) == set(SOURCES)
-    assert set(choices(ModelParams, "arch")) == set(BACKBONES)
+    assert allowed(FetchParams, "source") is choices.SOURCES == tuple(SOURCES)
+    assert allowed(ModelParams, "arch") is choices.ARCHS == tuple(BACKBONES)
+    assert allowed(TrainParams, "precision") is choices.PRECISIONS == tuple(PRECISIONS)
+    with pytest.raises(RuntimeError, match="a registry of .* has"):
+        choices.registry(choices.HEADS, {"linear": 1})

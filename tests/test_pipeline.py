@@ -250,6 +250,21 @@ def test_an_export_without_the_feature_index(repo, tmp_path):
     assert "retrieval" not in Predictor(work / "models/bare").modes
 
 
+def test_runtime_knobs_rerun_nothing(repo, tmp_path):
+    """Processes, resuming, the disk budget and the Mapillary client's politeness change how a
+    stage runs, not what it makes: DVC does not track them."""
+    work = shutil.copytree(repo, tmp_path / "work", symlinks=True)
+    write_params(work, **{**TINY, "cache": {**TINY["cache"], "workers": 1},
+                          "train": {**TINY["train"], "workers": 1, "resume": False},
+                          "fetch": {**TINY["fetch"], "max_disk_gb": 7,
+                                    "mapillary": {"concurrency": 2, "requests_per_second": 5,
+                                                  "timeout_s": 9, "max_tries": 2,
+                                                  "max_retry_s": 11}}})
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], work).stdout
+    write_params(work, **{**TINY, "train": {**TINY["train"], "lr": 0.001}})
+    assert "train" in run(["dvc", "status"], work).stdout
+
+
 def test_second_repro_does_nothing(repo):
     result = run(["dvc", "repro"], repo)
     assert "Running stage" not in result.stdout

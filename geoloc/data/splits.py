@@ -16,13 +16,13 @@ import h3
 import numpy as np
 import pandas as pd
 
+from geoloc.choices import PROTOCOLS
 from geoloc.data.cells import stable_hash
 from geoloc.errors import GeolocError
 from geoloc.geo import cells_of, haversine_km, nearest_km
 from geoloc.params import SplitParams, is_auto
 
 SPLITS = ("train", "val", "test")
-PROTOCOLS = ("sequence", "spatial")
 log = logging.getLogger(__name__)
 
 CELLS_NAME = "cells.parquet"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from geoloc.choices import ARCHS, registry
 from geoloc.errors import GeolocError
 from geoloc.models.cnn import build_cnn
 from geoloc.models.efficientnet import build_efficientnet_lite0
@@ -12,11 +13,11 @@ from geoloc.params import FeaturesParams, ModelParams
 
 # Each builder takes (cfg, pretrained) and returns a Backbone: the module, its feature width
 # and the input normalisation its weights expect.
-BACKBONES = {
+BACKBONES = registry(ARCHS, {
     "cnn": build_cnn,
     "resnet18": build_resnet18,
     "efficientnet_lite0": build_efficientnet_lite0,
-}
+})
 
 __all__ = ["BACKBONES", "Exported", "FeatureExtractor", "GeoNet", "build_model",
            "feature_extractor"]
@@ -37,11 +38,7 @@ def build_model(cfg: ModelParams, num_classes: int, *, load_weights: bool = True
 
     `cfg.freeze_backbone` freezes the backbone (GeoNet.freeze_backbone) on the built model.
     """
-    try:
-        build = BACKBONES[cfg.arch]
-    except KeyError:
-        raise GeolocError(f"model.arch: unknown architecture {cfg.arch!r}; "
-                          f"known: {', '.join(BACKBONES)}") from None
+    build = BACKBONES[cfg.arch]
     if load_weights and cfg.weights_path is not None and not cfg.pretrained:
         raise GeolocError(f"model.weights_path is set ({cfg.weights_path}) but model.pretrained "
                           f"is false: set pretrained to true to start from that file, or "

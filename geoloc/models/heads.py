@@ -5,9 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from geoloc.errors import GeolocError
-
-HEADS = ("linear", "mlp")
 # As wide as resnet18's features: enough not to squeeze a few thousand cells' logits through
 # a narrow layer, small enough that a frozen-backbone head trains on a CPU in seconds.
 HIDDEN = 512
@@ -24,8 +21,6 @@ class Head(nn.Module):
     def __init__(self, in_dim: int, num_classes: int, *, kind: str = "linear",
                  hybrid: bool = False, dropout: float = 0.0):
         super().__init__()
-        if kind not in HEADS:
-            raise GeolocError(f"model.head: unknown head {kind!r}; known: {', '.join(HEADS)}")
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         if kind == "mlp":
             layers += [nn.Linear(in_dim, HIDDEN), nn.ReLU(inplace=True), nn.Dropout(dropout)]

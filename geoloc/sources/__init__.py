@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import pandas as pd
 
+from geoloc.choices import SOURCES as CHOICES
+from geoloc.choices import registry
 from geoloc.params import FetchParams
 from geoloc.sources import local, mapillary, synthetic
 from geoloc.sources.run import FetchRun
 
-SOURCES = {
+SOURCES = registry(CHOICES, {
     "synthetic": synthetic.fetch,
     "mapillary": mapillary.fetch,
     "local": local.fetch,
-}
+})
 
 
 def fetch_batch(cities: pd.DataFrame, cfg: FetchParams, run: FetchRun) -> pd.DataFrame:
