@@ -11,6 +11,16 @@ from geoloc.params import Params, load_params, parse_params
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true",
+                     help="run the tests in the reverse of their order (each must pass alone)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()
+
+
 @pytest.fixture
 def default_params() -> Params:
     return load_params(ROOT / "params.yaml")

@@ -561,6 +561,7 @@ class MapillaryServer:
         self.statuses: collections.Counter = collections.Counter()
         self.downloads: collections.Counter = collections.Counter()
         self._attempts: collections.Counter = collections.Counter()
+        self.fired: list[frozenset[str]] = []   # the faults drawn for each request, in order
         self._traces = itertools.count()
         self._lock = threading.Lock()
         self._jpegs: dict[tuple[str, int], bytes] = {}
@@ -810,10 +811,11 @@ class MapillaryServer:
             attempt = self._attempts[key]
             self._attempts[key] += 1
         salt = (self.faults.seed, key, attempt)
-        if attempt >= self.faults.max_consecutive:
-            return _Draw(salt, frozenset())
-        return _Draw(salt, frozenset(kind for kind in kinds
-                                     if _unit(*salt, kind) < self.faults.probability(kind)))
+        fired = frozenset() if attempt >= self.faults.max_consecutive else frozenset(
+            kind for kind in kinds if _unit(*salt, kind) < self.faults.probability(kind))
+        with self._lock:
+            self.fired.append(fired)
+        return _Draw(salt, fired)
 
     def _injected(self, draw: _Draw) -> _Answer | None:
         """The answer a fault gives instead of the real one; None to answer normally."""

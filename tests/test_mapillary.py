@@ -235,8 +235,13 @@ def test_killed_twice_then_resumed_equals_an_uninterrupted_run(tmp_path):
     with MapillaryServer(IMAGES, token=TOKEN, faults=ALL_FAULTS) as server:
         killed = project(tmp_path / "killed", server)
         store = killed / "data/downloads/mapillary/images"
-        # Two random moments mid-download (named in any failure, to replay them).
-        moments = sorted(random.Random().sample(range(1, len(expected_ids(IMAGES)) * 4 // 5), 2))
+        # Two random moments mid-download, from a seed printed (pytest shows it with a failure)
+        # and named in every assertion: KILL_SEED=<seed> replays them.
+        seed = int(os.environ.get("KILL_SEED") or random.SystemRandom().randrange(2**32))
+        moments = sorted(random.Random(seed).sample(
+            range(1, len(expected_ids(IMAGES)) * 4 // 5), 2))
+        replay = f"KILL_SEED={seed}: killed after {moments} JPEGs"
+        print(replay)
         for stop_after in moments:   # JPEGs in the store when the kill comes
             process = stage(killed)
             while len(list(store.rglob("*.jpg"))) < stop_after and process.poll() is None:
@@ -252,8 +257,8 @@ def test_killed_twice_then_resumed_equals_an_uninterrupted_run(tmp_path):
         assert code == 0, log
         logs.append(log)
         # Finished images were not downloaded again.
-        assert all(server.downloads[i] == downloaded[i] for i in stored), moments
-    assert batch_files(killed) == batch_files(whole), moments
+        assert all(server.downloads[i] == downloaded[i] for i in stored), replay
+    assert batch_files(killed) == batch_files(whole), replay
     leftovers = [p for p in killed.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
     metrics = json.loads((killed / "metrics/fetch/batch01.json").read_text())

@@ -394,9 +394,10 @@ def test_slow_answers_and_latency(serve, http):
     started = time.monotonic()
     assert search(http, server).status_code == 200
     assert time.monotonic() - started >= 0.3
-    started = time.monotonic()
+    # After max_consecutive slow answers to one request the next is not slowed: the server
+    # says which faults it drew (no upper time bound, which a loaded machine could break).
     assert search(http, server).status_code == 200
-    assert time.monotonic() - started < 0.3
+    assert "slow" in server.fired[-2] and server.fired[-1] == frozenset()
 
     delayed = serve([image("1")], faults=Faults(latency_s=0.2))
     started = time.monotonic()

@@ -75,7 +75,15 @@ def tiny_project(dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
+    """The tiny project after `dvc repro`, shared by the module's tests: they only read it, and
+    a test that changes a project changes its own copy (`workspace`), so each test passes alone
+    and in any order (`pytest --reverse` runs them backwards)."""
     return tiny_project(tmp_path_factory.mktemp("project"))
+
+
+def workspace(repo: Path, tmp_path: Path) -> Path:
+    """A copy of the shared project for a test to change."""
+    return shutil.copytree(repo, tmp_path / "work", symlinks=True)
 
 
 def test_repro_writes_every_metric(repo):
@@ -221,7 +229,7 @@ def test_what_is_served_is_what_was_evaluated(repo):
 
 
 def test_a_hybrid_model_serves_its_offsets(repo, tmp_path):
-    work = shutil.copytree(repo, tmp_path / "work", symlinks=True)
+    work = workspace(repo, tmp_path)
     write_params(work, **{**TINY, "model": {"width": 4, "hybrid": True},
                           "evaluate": {"mode": "hybrid"}})
     run(["dvc", "repro", "export"], work)
@@ -238,7 +246,7 @@ def test_a_hybrid_model_serves_its_offsets(repo, tmp_path):
 def test_an_export_without_the_feature_index(repo, tmp_path):
     """export.retrieval_index false: no training photo's position leaves with the snapshot,
     and the snapshot does not offer the retrieval mode."""
-    work = shutil.copytree(repo, tmp_path / "work", symlinks=True)
+    work = workspace(repo, tmp_path)
     write_params(work, **{**TINY, "export": {"retrieval_index": False}})
     run([sys.executable, "stages/export.py", "--out", "models/bare", "--metrics",
          "metrics/bare.json"], work)
@@ -253,7 +261,7 @@ def test_an_export_without_the_feature_index(repo, tmp_path):
 def test_runtime_knobs_rerun_nothing(repo, tmp_path):
     """Processes, resuming, the disk budget and the Mapillary client's politeness change how a
     stage runs, not what it makes: DVC does not track them."""
-    work = shutil.copytree(repo, tmp_path / "work", symlinks=True)
+    work = workspace(repo, tmp_path)
     write_params(work, **{**TINY, "cache": {**TINY["cache"], "workers": 1},
                           "train": {**TINY["train"], "workers": 1, "resume": False},
                           "fetch": {**TINY["fetch"], "max_disk_gb": 7,
@@ -272,7 +280,8 @@ def test_second_repro_does_nothing(repo):
     assert "up to date" in run(["dvc", "status"], repo).stdout
 
 
-def test_forced_rerun_reproduces_the_hashes(repo):
+def test_forced_rerun_reproduces_the_hashes(repo, tmp_path):
+    repo = workspace(repo, tmp_path)
     before = out_hashes(repo, REPRODUCIBLE_STAGES)
     onnx_before = (repo / "models/export/model.onnx").read_bytes()
     run(["dvc", "repro", "--force"], repo)
@@ -280,7 +289,8 @@ def test_forced_rerun_reproduces_the_hashes(repo):
     assert (repo / "models/export/model.onnx").read_bytes() == onnx_before
 
 
-def test_changed_param_reruns_only_what_depends_on_it(repo):
+def test_changed_param_reruns_only_what_depends_on_it(repo, tmp_path):
+    repo = workspace(repo, tmp_path)
     write_params(repo, **{**TINY, "train": {"epochs": 3, "batch_size": 32}})
     result = run(["dvc", "repro"], repo)
     ran = {line.split("'")[1] for line in result.stdout.splitlines()
@@ -290,9 +300,10 @@ def test_changed_param_reruns_only_what_depends_on_it(repo):
     assert "train.epochs" in diff
 
 
-def test_metrics_and_plots_diff_show_every_mode_and_plot(repo):
+def test_metrics_and_plots_diff_show_every_mode_and_plot(repo, tmp_path):
+    repo = workspace(repo, tmp_path)
     run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "three epochs"], repo)
+    run(["git", "commit", "-q", "-m", "the default run"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["evaluate"]["mode"] = "sequence"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -341,7 +352,7 @@ def train_command(name: str) -> list[str]:
 
 
 def test_training_resumes_after_a_kill_and_ends_where_it_would_have(repo, tmp_path):
-    work = shutil.copytree(repo, tmp_path / "work", symlinks=True)
+    work = workspace(repo, tmp_path)
     write_params(work, **{**TINY, "train": {"epochs": 6, "patience": 10, "batch_size": 32}})
     run([sys.executable, *train_command("whole")], work)
 
@@ -370,7 +381,7 @@ def test_training_resumes_after_a_kill_and_ends_where_it_would_have(repo, tmp_pa
 
 
 def test_a_resume_checkpoint_of_other_params_is_refused(repo, tmp_path):
-    work = shutil.copytree(repo, tmp_path / "work", symlinks=True)
+    work = workspace(repo, tmp_path)
     write_params(work, **{**TINY, "train": {"epochs": 1, "batch_size": 32}})
     (work / "models/checkpoints").mkdir(parents=True, exist_ok=True)
     run([sys.executable, *train_command("first")], work)
@@ -380,7 +391,7 @@ def test_a_resume_checkpoint_of_other_params_is_refused(repo, tmp_path):
 
 
 def test_torchrun_trains_on_two_cpu_processes_with_gloo(repo, tmp_path):
-    work = shutil.copytree(repo, tmp_path / "work", symlinks=True)
+    work = workspace(repo, tmp_path)
     torchrun = Path(sys.executable).with_name("torchrun")
     result = run([str(torchrun), "--standalone", "--nproc_per_node=2", *train_command("ddp")],
                  work)
@@ -391,8 +402,8 @@ def test_torchrun_trains_on_two_cpu_processes_with_gloo(repo, tmp_path):
     assert not (work / "models/checkpoints/ddp.pt").exists()
 
 
-def test_purge_frees_raw_jpegs_of_cached_batches(repo):
-    """Last in this module: it deletes data the tests above read."""
+def test_purge_frees_raw_jpegs_of_cached_batches(repo, tmp_path):
+    repo = workspace(repo, tmp_path)
     images = sorted((repo / "data/raw/batch01/images").glob("*.jpg"))
     listing = next(o["md5"] for o in yaml.safe_load((repo / "dvc.lock").read_text())
                    ["stages"]["fetch@batch01"]["outs"] if o["path"] == "data/raw/batch01")

@@ -14,7 +14,14 @@ from geoloc.data.cache import CachedSplit
 from geoloc.data.features import FeatureSplit
 from geoloc.errors import GeolocError
 from geoloc.models import build_model
-from geoloc.train import _warmup_cosine, fit, seed_everything
+from geoloc.train import (
+    Dist,
+    _FeatureBatches,
+    _ImageBatches,
+    _warmup_cosine,
+    fit,
+    seed_everything,
+)
 
 PARAMS = tiny_params()
 CELLS = pd.DataFrame({
@@ -55,11 +62,14 @@ def features_of(model, images: CachedSplit) -> FeatureSplit:
     return FeatureSplit(features, images.rows.rename(columns={"cache_row": "feature_row"}))
 
 
-def train(model_changes=None, **train_changes):
+def train(model_changes=None, watch=None, **train_changes):
+    """Train a tiny model 3 epochs; `watch(model)` sees it first (to hook it)."""
     model_cfg = replace(PARAMS.model, width=4, **(model_changes or {}))
     cfg = replace(PARAMS.train, epochs=3, batch_size=16, patience=10, **train_changes)
     seed_everything(0)
     model = build_model(model_cfg, len(CELLS))
+    if watch is not None:
+        watch(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sizes = [32, 40] if cfg.multiscale else [32]
     train_split, val = {size: split(size) for size in sizes}, split(32, seed=1)
@@ -70,9 +80,23 @@ def train(model_changes=None, **train_changes):
 
 
 def test_bf16_autocast_trains_on_a_cpu():
-    model, before, summary = train(precision="bf16")
-    assert np.isfinite(summary["val_loss"]) and summary["val_accuracy"] > 0.5
-    assert not torch.equal(before["head.classifier.weight"], model.head_weight)
+    """The classifier's matrix product runs in bf16 in the training steps (its output's dtype,
+    seen from inside the forward), and in fp32 without the param."""
+    def dtypes_seen(precision: str) -> set:
+        seen = set()
+
+        def watch(model):
+            model.head.classifier.register_forward_hook(
+                lambda module, inputs, output: seen.add(output.dtype) if module.training
+                else None)
+
+        model, before, summary = train(watch=watch, precision=precision)
+        assert np.isfinite(summary["val_loss"]) and summary["val_accuracy"] > 0.5
+        assert not torch.equal(before["head.classifier.weight"], model.head_weight)
+        return seen
+
+    assert dtypes_seen("bf16") == {torch.bfloat16}
+    assert dtypes_seen("fp32") == {torch.float32}
 
 
 def test_fp16_needs_cuda():
@@ -96,6 +120,33 @@ def test_a_frozen_backbone_trains_the_head_alone_on_the_features():
     for name, tensor in before.items():
         changed = not torch.equal(tensor, after[name])
         assert changed == name.startswith("head."), name
+
+
+def test_ddp_ranks_share_out_each_epoch():
+    """What each of two torchrun ranks trains on in an epoch (the batches `fit` steps through,
+    images and features alike): disjoint shares whose union is the epoch, in an order that
+    changes with the epoch."""
+    n = 96
+    images = split(32, n=n)
+    images.images[:, 0, 0, :2] = np.stack([np.arange(n) % 256, np.arange(n) // 256], axis=1)
+    features = FeatureSplit(np.arange(n, dtype=np.float32)[:, None].repeat(4, axis=1),
+                            images.rows.rename(columns={"cache_row": "feature_row"}))
+    cfg = replace(PARAMS.train, batch_size=16, augment=False)
+
+    def seen(batches, epoch: int, size) -> list[int]:
+        rows = []
+        for inputs, _, _ in batches.of_epoch(epoch, size):
+            inputs = inputs.numpy()
+            rows += (inputs[:, 0, 0, 0].astype(int) + 256 * inputs[:, 0, 0, 1].astype(int)
+                     if inputs.ndim == 4 else inputs[:, 0].astype(int)).tolist()
+        return rows
+
+    for make, size in ((lambda dist: _ImageBatches({32: images}, cfg, dist), 32),
+                       (lambda dist: _FeatureBatches(features, cfg, dist), None)):
+        shares = [seen(make(Dist(rank, 2)), 0, size) for rank in range(2)]
+        assert not set(shares[0]) & set(shares[1])
+        assert sorted(shares[0] + shares[1]) == list(range(n))
+        assert seen(make(Dist(0, 2)), 1, size) != shares[0]
 
 
 def _frozen_epoch_on_rank(rank: int, world: int, port: int, out) -> None:
