@@ -212,6 +212,7 @@ class TrainParams:
     batch_size: int = knob(min=1, max=65536)
     lr: float = knob(min=0.0, max=10.0)
     weight_decay: float = knob(min=0.0, max=10.0)
+    grad_clip: float | None = knob(min=0.0)
     patience: int = knob(min=1)
     warmup_epochs: float = knob(min=0.0, max=100.0)
     augment: bool = knob()

@@ -132,9 +132,8 @@ def fit(model: GeoNet, train: dict[int, CachedSplit] | FeatureSplit,
         batches, sizes = _FeatureBatches(train, cfg, dist), [None]
     else:
         batches, sizes = _ImageBatches(train, cfg, dist), list(train)
-    step = _TrainStep(model, criterion, device, autocast_dtype, dist)
-    optimizer = torch.optim.AdamW(step.parameters_to_train(), lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    step = _TrainStep(model, criterion, device, autocast_dtype, dist, cfg.grad_clip)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
     total = cfg.epochs * batches.steps_per_epoch
     warmup = round(cfg.warmup_epochs * batches.steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, total))
@@ -172,6 +171,15 @@ def fit(model: GeoNet, train: dict[int, CachedSplit] | FeatureSplit,
     model.to("cpu")
     return {"best_epoch": state.best["epoch"], "epochs_run": state.epoch,
             **{k: v for k, v in state.best.items() if k != "epoch"}}
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's groups: weight decay on the weights of rank 2 and more (convolutions, linear
+    layers), none on biases and normalisation scales, which decay would only pull towards zero
+    (as torchvision's and nanoGPT's training scripts do). Frozen parameters are left out."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in trained if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0}]
 
 
 def _agreed(figures: dict, dist: Dist) -> dict:
@@ -261,15 +269,14 @@ class _Outputs(nn.Module):
 
 
 class _TrainStep:
-    def __init__(self, model: GeoNet, criterion, device, dtype, dist: Dist):
+    def __init__(self, model: GeoNet, criterion, device, dtype, dist: Dist,
+                 grad_clip: float | None = None):
         self.model, self.criterion, self.device, self.dtype = model, criterion, device, dtype
+        self.grad_clip = grad_clip
         self.outputs = _Outputs(model)
         self.rank = dist.rank
         if dist.world > 1:
             self.outputs = nn.parallel.DistributedDataParallel(self.outputs)
-
-    def parameters_to_train(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
 
     def epoch(self, batches, steps: int, optimizer, scheduler, scaler, epoch: int,
               seed: int) -> float:
@@ -288,6 +295,9 @@ class _TrainStep:
                                      None if offsets is None else offsets.float(),
                                      self.model.head_weight)
             scaler.scale(loss).backward()
+            if self.grad_clip is not None:
+                scaler.unscale_(optimizer)   # clip the true gradients, not the scaled ones
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()

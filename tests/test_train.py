@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import tiny_params
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from geoloc.data.cache import CachedSplit
 from geoloc.data.features import FeatureSplit
@@ -20,6 +21,7 @@ from geoloc.train import (
     _ImageBatches,
     _warmup_cosine,
     fit,
+    parameter_groups,
     seed_everything,
 )
 
@@ -192,6 +194,38 @@ def test_a_frozen_backbone_trains_under_ddp_with_an_uneven_split():
     assert not hung, "a rank is still waiting in a collective step"
     assert [process.exitcode for process in ranks] == [0, 0]
     assert sorted(out.get() for _ in range(2)) == [0, 1]
+
+
+def test_weight_decay_spares_biases_and_norms():
+    model = build_model(replace(PARAMS.model, width=4, head="mlp"), len(CELLS))
+    decayed, spared = parameter_groups(model, 0.05)
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert decayed["weight_decay"] == 0.05 and spared["weight_decay"] == 0.0
+    assert {names[id(p)] for p in spared["params"]} == {
+        name for name, p in model.named_parameters() if name.endswith("bias") or
+        ".1.weight" in name and p.ndim == 1}                 # BatchNorm scales, biases
+    assert all(p.ndim >= 2 for p in decayed["params"]) and len(decayed["params"]) == 6
+    assert len(decayed["params"]) + len(spared["params"]) == len(list(model.parameters()))
+
+
+def test_gradients_are_clipped_to_train_grad_clip():
+    """The global gradient norm the optimizer steps with, seen at each step."""
+    norms = []
+
+    def watch(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
+                 if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g) for g in grads]))))
+
+    handle = register_optimizer_step_pre_hook(watch)
+    try:
+        train(grad_clip=0.05)
+        clipped, norms[:] = list(norms), []
+        train()
+    finally:
+        handle.remove()
+    assert max(clipped) <= 0.05 * (1 + 1e-4) and max(norms) > 0.05
 
 
 def test_the_hybrid_head_learns_offsets():
