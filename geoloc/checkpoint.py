@@ -14,7 +14,7 @@ from geoloc.io import atomic_path
 from geoloc.models import GeoNet, build_model
 from geoloc.params import ModelParams
 
-CELL_COLUMNS = ["label", "cell", "lat", "lon", "n_train"]
+CHECKPOINT_CELLS = ["label", "cell", "lat", "lon", "n_train"]   # what a checkpoint keeps
 
 
 def save_checkpoint(path: Path | str, model: GeoNet, cells: pd.DataFrame,
@@ -26,7 +26,7 @@ def save_checkpoint(path: Path | str, model: GeoNet, cells: pd.DataFrame,
         # predictor needs besides.
         "model": {**dataclasses.asdict(model_cfg), "num_classes": len(cells),
                   "image_size": image_size},
-        "cells": cells[CELL_COLUMNS].to_dict(orient="list"),
+        "cells": cells[CHECKPOINT_CELLS].to_dict(orient="list"),
         "params": params,
         "summary": summary,
     }

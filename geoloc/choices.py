@@ -1,7 +1,7 @@
-"""Every name a param chooses among, once. Params validation reads these lists, and each
-registry is keyed by one of them through `registry`, which refuses at import a registry that
-misses a name or has one more: a choice cannot be valid in params.yaml and unknown to the code
-that runs it."""
+"""Every name a param chooses among, once. Params validation reads these lists; the registries
+of builders (sources, backbones, precisions) are keyed by them through `registry`, which
+refuses at import a registry that misses a name or has one more, and the code that branches
+on a name (protocols, heads, losses, modes) reads the same list."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ LOSSES = ("cross_entropy", "haversine", "hierarchical")
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("argmax", "topk", "topk_mean", "hierarchical", "hybrid", "sequence", "sequence_online",
          "retrieval")
+SEQUENCE_MODES = ("sequence", "sequence_online")   # the modes that read a photo's drive
 
 
 def registry(names: tuple[str, ...], entries: dict) -> dict:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from geoloc.choices import SEQUENCE_MODES
 from geoloc.errors import GeolocError
-
-SEQUENCE_MODES = ("sequence", "sequence_online")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError)

@@ -39,12 +39,13 @@ LATENCY_SECONDS = 1.0   # per runtime and batch size, after a warm-up
 
 def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
                  check_images: np.ndarray, out_dir: Path, opset: int,
-                 recipe: dict | None = None) -> dict:
+                 inference: dict | None = None) -> dict:
     """Write model.ts, model.onnx (logits, and the hybrid head's offsets where the model has
     one), cells.json (the class table: points, resolutions, parents) and model.json (the
-    snapshot's format and preprocessing, and `recipe`, what the evaluate stage wrote to
-    models/recipe.json: the headline `mode` and the Recipe's settings, its temperatures among
-    them; defaults otherwise) into out_dir; return sizes and parity."""
+    snapshot's format and preprocessing, and `inference`: what the evaluate stage wrote to
+    models/recipe.json, the headline `mode` and the Recipe's settings, its temperatures among
+    them, and the retrieval files' description; defaults otherwise) into out_dir; return sizes
+    and parity."""
     exported = Exported(model)
     example = torch.from_numpy(np.array(check_images[:2]))
     with torch.no_grad(), _torchscript_deprecation_quiet():
@@ -53,7 +54,7 @@ def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
     write_cells(cells, out_dir / CELLS_NAME)
     spec = {"format": SNAPSHOT_FORMAT, "image_size": image_size, "num_classes": len(cells),
             "opset": opset, "outputs": exported.outputs, "mode": "argmax",
-            "recipe": Recipe(cells, top_k=5).settings(), **(recipe or {}),
+            "recipe": Recipe(cells, top_k=5).settings(), **(inference or {}),
             "input": "images: uint8, N x size x size x 3, RGB",
             "preprocess": "EXIF orientation applied, shorter side resized to image_size "
                           "(bicubic), centre crop; the model normalises its input itself",
@@ -86,10 +87,11 @@ def latency_figures(model: torch.nn.Module, out_dir: Path, images: np.ndarray) -
     with _torchscript_deprecation_quiet():
         scripted = torch.jit.load(str(out_dir / TORCHSCRIPT_NAME))
     session = onnx_session(out_dir / MODEL_NAME)
+    exported = Exported(model)   # the same outputs in all three
     runtimes = {
-        "eager": lambda batch: model(torch.from_numpy(batch)),
+        "eager": lambda batch: exported(torch.from_numpy(batch)),
         "torchscript": lambda batch: scripted(torch.from_numpy(batch)),
-        "onnx": lambda batch: session.run(["logits"], {"images": batch}),
+        "onnx": lambda batch: session.run(None, {"images": batch}),
     }
     figures = {}
     for name, run in runtimes.items():

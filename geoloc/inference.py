@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from geoloc.choices import MODES
+from geoloc.choices import MODES, SEQUENCE_MODES
 from geoloc.data.cells import hierarchy_levels
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km, mean_point, shift_km
@@ -70,13 +70,13 @@ class Recipe:
                                self.index is not None and outputs.features is not None)
 
     def log_probs(self, outputs: Outputs) -> np.ndarray:
-        return log_softmax(outputs.logits / self.temperature)
+        # In float64 whatever the model gave: evaluate (float32 from torch) and the predictor
+        # (from ONNX Runtime) then compute alike.
+        return log_softmax(np.asarray(outputs.logits, dtype=np.float64) / self.temperature)
 
     def points(self, mode: str, outputs: Outputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(label, lat, lon) per row under `mode`: see mode_points and retrieval_points."""
-        if mode not in self.modes(outputs):
-            raise GeolocError(f"mode {mode!r} is not available here; available: "
-                              f"{', '.join(self.modes(outputs))} (all modes: {', '.join(MODES)})")
+        """(label, lat, lon) per row under `mode`, one of self.modes(outputs): see mode_points
+        and retrieval_points."""
         log_probs = self.log_probs(outputs)
         if mode == "retrieval":
             from geoloc.retrieval import retrieval_points  # faiss loads only for retrieval
@@ -90,7 +90,7 @@ class Recipe:
         """N x K: the cell probabilities a mode's answer comes with. The sequence modes' are
         their evidence's under the sequence temperature; the others', each photo's own."""
         log_probs = self.log_probs(outputs)
-        if mode in ("sequence", "sequence_online"):
+        if mode in SEQUENCE_MODES:
             evidence = sequence_evidence(log_probs, outputs.rows,
                                          online=mode == "sequence_online")
             log_probs = log_softmax(evidence / self.sequence_temperature)
@@ -171,7 +171,7 @@ def _mode_labels(mode: str, log_probs: np.ndarray, points, table: pd.DataFrame,
         return topk_medoid(log_probs, *points, top_k)
     if mode == "hierarchical":
         return hierarchical_labels(log_probs, table.reset_index())
-    if mode in ("sequence", "sequence_online"):
+    if mode in SEQUENCE_MODES:
         return sequence_labels(log_probs, rows, online=mode == "sequence_online")
     if mode == "retrieval":
         raise GeolocError("the retrieval mode needs the features and their index: "
@@ -217,10 +217,11 @@ def sequence_evidence(log_probs: np.ndarray, rows: pd.DataFrame, *, online: bool
     place = view_places(rows)
     per_place = pd.DataFrame(log_probs).groupby(place, sort=False).mean()
     frames = pd.DataFrame({"place": place, "sequence": sequence,
-                           "time": rows["captured_at"].to_numpy()})
+                           "time": rows["captured_at"].to_numpy(), "row": np.arange(len(rows))})
     meta = frames.groupby("place", sort=False).agg(sequence=("sequence", "first"),
-                                                   time=("time", "min"))
-    meta = meta.loc[per_place.index].reset_index().sort_values(["sequence", "time", "place"],
+                                                   time=("time", "min"), row=("row", "min"))
+    # Places of one time (no time known: 0) come in the rows' order.
+    meta = meta.loc[per_place.index].reset_index().sort_values(["sequence", "time", "row"],
                                                                 kind="stable")
     scores = per_place.loc[meta["place"]].groupby(meta["sequence"].to_numpy(), sort=False)
     summed = (scores.cumsum() if online else scores.transform("sum"))

@@ -18,7 +18,8 @@ LICENCES = {
 
 def model_card(params: dict, evaluation: dict, data: dict, export: dict, spec: dict) -> str:
     """Markdown for MODEL_CARD.md, from the training params, metrics/eval.json,
-    metrics/data.json, the export's parity figures and the predictor's spec (model.json)."""
+    metrics/data.json, the export's parity figures and `spec`: models/recipe.json (the mode and
+    the recipe's settings) and, when the index ships, its `retrieval` description."""
     model, loss = params["model"], params["loss"]
     index, split = params["index"], params["split"]
     source = params["fetch"]["source"]

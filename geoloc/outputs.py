@@ -24,10 +24,6 @@ def predict_outputs(model: torch.nn.Module, images: np.ndarray, positions=None, 
     return _batched(model, forward, images, positions, device, batch_size)
 
 
-def predict_logits(model: torch.nn.Module, images: np.ndarray, positions=None) -> np.ndarray:
-    return predict_outputs(model, images, positions)[0]
-
-
 def split_outputs(model: GeoNet, split: CachedSplit | FeatureSplit, device=None,
                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """(logits, offsets) for the rows of a split: from its cached images or, for a model with

@@ -212,7 +212,7 @@ class TrainParams:
     batch_size: int = knob(min=1, max=65536)
     lr: float = knob(min=0.0, max=10.0)
     weight_decay: float = knob(min=0.0, max=10.0)
-    grad_clip: float | None = knob(min=0.0)
+    grad_clip: float | None = knob(min=1e-6)
     patience: int = knob(min=1)
     warmup_epochs: float = knob(min=0.0, max=100.0)
     augment: bool = knob()
@@ -268,6 +268,9 @@ class Params:
                 raise ParamsError(f"batches: {batch!r}: {BATCH_RULE}")
         if self.model.freeze_backbone:
             self._check_frozen()
+        if self.evaluate.mode == "retrieval" and not self.export.retrieval_index:
+            raise ParamsError("evaluate.mode retrieval needs export.retrieval_index true: the "
+                              "snapshot would not serve the mode it was evaluated in")
         block, finest = self.split.block_resolution, self.index.finest_resolution
         if _known(block, finest) and block <= finest:
             raise ParamsError(

@@ -21,6 +21,7 @@ import onnxruntime as ort
 import pandas as pd
 from PIL import Image
 
+from geoloc.choices import SEQUENCE_MODES
 from geoloc.data.preprocess import to_square
 from geoloc.errors import GeolocError
 from geoloc.exif import photo_time
@@ -56,10 +57,12 @@ class Predictor:
                 raise GeolocError(f"{snapshot / name} not found: run the export stage "
                                   f"(dvc repro export) or pass --model")
         self.spec = json.loads((snapshot / SPEC_NAME).read_text())
-        if self.spec.get("format", 1) != SNAPSHOT_FORMAT:
-            raise GeolocError(f"{snapshot} is a snapshot of format {self.spec.get('format', 1)}; "
-                              f"this geoloc reads format {SNAPSHOT_FORMAT}: export it again "
-                              f"(dvc repro export)")
+        found = self.spec.get("format", 1)
+        if found != SNAPSHOT_FORMAT:
+            what = ("export it again (dvc repro export)" if found < SNAPSHOT_FORMAT
+                    else "update geoloc to read it")
+            raise GeolocError(f"{snapshot} is a snapshot of format {found}; this geoloc reads "
+                              f"format {SNAPSHOT_FORMAT}: {what}")
         self.cells = json.loads((snapshot / CELLS_NAME).read_text())
         self.session = onnx_session(snapshot / MODEL_NAME)
         retrieval = self.spec.get("retrieval")
@@ -71,7 +74,7 @@ class Predictor:
             self.features_session = onnx_session(snapshot / FEATURES_MODEL)
         self.recipe = Recipe(pd.DataFrame(self.cells), index=index, **self.spec["recipe"])
         self.modes = available_modes("offsets" in self.spec["outputs"], index is not None)
-        self.mode = self.spec["mode"]
+        self.mode = self._mode(self.spec["mode"])
 
     def predict(self, photos: list[Photo], top_k: int = 5, mode: str | None = None,
                 rows: pd.DataFrame | None = None) -> list[Prediction]:
@@ -80,6 +83,9 @@ class Predictor:
         captured_at, view_group; image_id) or, without them, the photos as one drive, their
         EXIF capture times telling views of one place apart from the drive's other places."""
         mode = self._mode(mode)
+        if rows is None:
+            rows = (drive_rows(photos) if mode in SEQUENCE_MODES
+                    else pd.DataFrame({"image_id": [str(i) for i in range(len(photos))]}))
         outputs = self.outputs(photos, rows, features=mode == "retrieval")
         label, lat, lon = self.recipe.points(mode, outputs)
         probs = self.recipe.probabilities(mode, outputs)
@@ -88,19 +94,18 @@ class Predictor:
 
     def outputs(self, photos: list[Photo], rows: pd.DataFrame | None = None,
                 features: bool = False) -> Outputs:
-        """The model's outputs for the photos (and the backbone's features, if asked)."""
-        results = self.session.run(None, {"images": _squares(photos, self.spec["image_size"])})
-        return Outputs(drive_rows(photos) if rows is None else rows,
-                       results[0].astype(np.float64),
-                       results[1].astype(np.float64) if len(results) > 1 else None,
+        """The model's outputs for the photos, one row of `rows` each (default: the photos
+        as one drive), and the backbone's features if asked."""
+        results = _run(self.session, photos, self.spec["image_size"])
+        return Outputs(drive_rows(photos) if rows is None else rows, results[0],
+                       results[1] if len(results) > 1 else None,
                        self._features(photos) if features else None)
 
     def _features(self, photos: list[Photo]) -> np.ndarray:
         if self.features_session is None:
             raise GeolocError("this snapshot was exported without its feature index "
                               "(export.retrieval_index): it does not serve retrieval")
-        batch = _squares(photos, self.spec["retrieval"]["image_size"])
-        return self.features_session.run(["features"], {"images": batch})[0]
+        return _run(self.features_session, photos, self.spec["retrieval"]["image_size"])[0]
 
     def _mode(self, mode: str | None) -> str:
         if mode is None:
@@ -142,6 +147,15 @@ def onnx_session(path: Path) -> ort.InferenceSession:
 
 def _open(photo: Photo) -> Image.Image:
     return Image.open(photo if isinstance(photo, Path | str) else io.BytesIO(photo))
+
+
+def _run(session: ort.InferenceSession, photos: list[Photo], size: int,
+         batch_size: int = 64) -> list[np.ndarray]:
+    """Each of a session's outputs for the photos at `size`, in batches (a long drive's
+    photos never all in memory at once)."""
+    parts = [session.run(None, {"images": _squares(photos[i:i + batch_size], size)})
+             for i in range(0, len(photos), batch_size)]
+    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
 def _squares(photos: list[Photo], size: int) -> np.ndarray:

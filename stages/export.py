@@ -14,6 +14,7 @@ from geoloc.checkpoint import check_cells, load_checkpoint
 from geoloc.data.features import load_features
 from geoloc.data.preprocess import read_squares
 from geoloc.data.splits import load_cells, load_split
+from geoloc.errors import GeolocError
 from geoloc.export import add_retrieval, export_model, latency_figures
 from geoloc.io import atomic_dir, write_json
 from geoloc.model_card import model_card
@@ -55,6 +56,8 @@ def main() -> None:
     check = np.stack([read_squares(Path(args.raw) / path, (size,))[0] for path in test["path"]])
     evaluation = json.loads(Path(args.eval).read_text())
     data = json.loads(Path(args.data).read_text())
+    if not Path(args.recipe).exists():
+        raise GeolocError(f"{args.recipe} not found: run the evaluate stage (dvc repro evaluate)")
     spec = json.loads(Path(args.recipe).read_text())
     with atomic_dir(args.out) as tmp:
         if params.export.retrieval_index:

@@ -1,6 +1,6 @@
 """dvc.yaml's dependencies cannot drift from the code: each stage lists every module of geoloc/
-its script imports (directly or not, lazily too) and no other, and every param that can change
-its outputs, but none of the runtime knobs that cannot."""
+its script imports (directly or not, lazily too) and no other; no stage tracks a runtime knob,
+and where a section is listed key by key to leave its knobs out, every other key is tracked."""
 
 import ast
 from pathlib import Path

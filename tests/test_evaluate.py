@@ -96,7 +96,13 @@ def test_views_of_one_place_count_as_one_frame():
     assert full.tolist() == [1] * 5
     evidence = inference.sequence_evidence(log_probs, rows, online=False)
     assert evidence[0] == pytest.approx(np.log([0.6 * 0.2, 0.4 * 0.8]))
-    # Online: the faces (t=7) have only their own place; the last photo both places.
+    # Online: the faces (t=7) have only their own place; the last photo both places. Photos
+    # with no time at all come in the rows' order, whatever their ids.
+    shuffled = pd.DataFrame({"sequence_id": ["s"] * 12, "captured_at": [0] * 12,
+                             "image_id": [str(i) for i in range(12)]})
+    evidence = inference.sequence_evidence(np.log(np.full((12, 2), 0.5)) + np.arange(12)[:, None]
+                                           * np.array([[1.0, 0.0]]), shuffled, online=True)
+    assert np.allclose(evidence[:, 0] - evidence[:, 1], np.cumsum(np.arange(12)))
     online, _, _ = inference.mode_points("sequence_online", log_probs, None, cells, rows, 5)
     assert online.tolist() == [0, 0, 0, 0, 1]
     # A view group says so even when the times differ (a rig's cameras a few ms apart); with

@@ -394,8 +394,8 @@ def test_slow_answers_and_latency(serve, http):
     started = time.monotonic()
     assert search(http, server).status_code == 200
     assert time.monotonic() - started >= 0.3
-    # After max_consecutive slow answers to one request the next is not slowed: the server
-    # says which faults it drew (no upper time bound, which a loaded machine could break).
+    # After max_consecutive slow answers to one request the next draws no fault: the server's
+    # record says so (no upper time bound, which a loaded machine could break).
     assert search(http, server).status_code == 200
     assert "slow" in server.fired[-2] and server.fired[-1] == frozenset()
 

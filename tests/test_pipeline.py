@@ -237,10 +237,10 @@ def test_a_hybrid_model_serves_its_offsets(repo, tmp_path):
     assert spec["outputs"] == ["logits", "offsets"] and spec["mode"] == "hybrid"
     export = json.loads((work / "metrics/export.json").read_text())
     assert export["onnx_offsets_max_abs_diff"] < 1e-3
-    for mode, (served, evaluated) in served_points(work, ["hybrid", "argmax"]).items():
+    points = served_points(work, ["hybrid", "argmax"])
+    for mode, (served, evaluated) in points.items():
         assert np.allclose(served, evaluated, atol=1e-6, rtol=0), mode
-    hybrid, argmax = served_points(work, ["hybrid", "argmax"]).values()
-    assert not np.allclose(hybrid[0], argmax[0])     # the offsets move the points
+    assert not np.allclose(points["hybrid"][0], points["argmax"][0])   # the offsets move them
 
 
 def test_an_export_without_the_feature_index(repo, tmp_path):

@@ -14,9 +14,9 @@ class GeoNet(nn.Module):
 
     Takes uint8 images as N x H x W x 3 (the cache's layout, and what a decoded photo is), so
     normalisation travels inside exported TorchScript and ONNX files. `forward` returns the
-    logits only: it is what gets exported. Training and evaluation call `forward_train`, which
-    adds the hybrid head's offsets; with a frozen backbone they call `features` once per image
-    and `head_forward` at every step.
+    logits only; `forward_train` adds the hybrid head's offsets, which training, evaluation and
+    the export (`Exported`) use; with a frozen backbone, training and evaluation call
+    `head_forward` on the features stage's features.
     """
 
     def __init__(self, backbone: Backbone, head: Head):
