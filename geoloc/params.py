@@ -56,6 +56,7 @@ class SyntheticParams:
     frames_max: int = knob(min=1, max=1000)
     image_size: int = knob(min=32, max=4096)
     jpeg_quality: int = knob(min=1, max=100)
+    workers: int | None = knob(min=1, max=256)
 
     def check(self, key: str) -> None:
         if self.frames_min > self.frames_max:

@@ -14,7 +14,7 @@ STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 RUNTIME = {"fetch.max_disk_gb", "fetch.mapillary.concurrency",
            "fetch.mapillary.requests_per_second", "fetch.mapillary.timeout_s",
            "fetch.mapillary.max_tries", "fetch.mapillary.max_retry_s", "cache.workers",
-           "train.workers", "train.resume"}
+           "train.workers", "train.resume", "fetch.synthetic.workers"}
 
 
 def definition(stage: str) -> dict:

@@ -265,6 +265,7 @@ def test_runtime_knobs_rerun_nothing(repo, tmp_path):
     write_params(work, **{**TINY, "cache": {**TINY["cache"], "workers": 1},
                           "train": {**TINY["train"], "workers": 1, "resume": False},
                           "fetch": {**TINY["fetch"], "max_disk_gb": 7,
+                                    "synthetic": {**TINY["fetch"]["synthetic"], "workers": 1},
                                     "mapillary": {"concurrency": 2, "requests_per_second": 5,
                                                   "timeout_s": 9, "max_tries": 2,
                                                   "max_retry_s": 11}}})

@@ -25,7 +25,7 @@ CITIES = pd.DataFrame({
 
 def small_cfg(**changes) -> SimpleNamespace:
     cfg = dict(seed=0, sequences_per_city=2, frames_min=4, frames_max=6, image_size=64,
-               jpeg_quality=90)
+               jpeg_quality=90, workers=1)
     return SimpleNamespace(**{**cfg, **changes})
 
 
@@ -138,6 +138,24 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     other = synthetic.fetch(CITIES, small_cfg(seed=1), fetch_run(c, "b1"))
     assert set(other["image_id"]).isdisjoint(first["image_id"])
     assert set(files_of(c, other).values()).isdisjoint(files_of(a, first).values())
+
+
+def test_the_bytes_do_not_depend_on_the_number_of_processes(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    serial = synthetic.fetch(CITIES, small_cfg(workers=1), fetch_run(one, "b1"))
+    parallel = synthetic.fetch(CITIES, small_cfg(workers=2), fetch_run(two, "b1"))
+    pd.testing.assert_frame_equal(serial, parallel)
+    assert files_of(one, serial) == files_of(two, parallel)
+
+
+def test_a_larger_world_holds_the_smaller_ones_drives(tmp_path):
+    small, large = tmp_path / "small", tmp_path / "large"
+    few = synthetic.fetch(CITIES, small_cfg(sequences_per_city=2), fetch_run(small, "b1"))
+    many = synthetic.fetch(CITIES, small_cfg(sequences_per_city=5), fetch_run(large, "b1"))
+    kept = many[many["image_id"].isin(few["image_id"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(few, kept)
+    assert files_of(small, few) == files_of(large, kept)
+    assert len(many) > len(few)
 
 
 def test_a_city_does_not_depend_on_the_rest_of_its_batch(tmp_path):

@@ -34,10 +34,14 @@ Generative model
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
+import multiprocessing
+import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -169,18 +173,38 @@ ACCENT_COLOURS = np.array([
 
 def fetch(cities: pd.DataFrame, cfg, run: FetchRun) -> pd.DataFrame:
     """Render every city of `cities` (the rows of one batch) into the batch's
-    images/<image_id>.jpg and return the manifest rows (one per image)."""
+    images/<image_id>.jpg and return the manifest rows (one per image).
+
+    Drives are rendered in `cfg.workers` processes (None: one per core). Each drive draws from
+    generators of its own, so the bytes do not depend on the number of processes, and a world
+    with more sequences per city holds the smaller one's drives unchanged."""
     settings = _settings(cfg)
     if cities["city"].duplicated().any():
         raise ValueError(f"duplicate city names in batch {run.batch}: ids would collide")
     run.image_dir.mkdir(parents=True, exist_ok=True)
+    places = [_Place(str(row.city), float(row.lat), float(row.lon), float(row.radius_km))
+              for row in cities.itertuples(index=False)]
+    drives = [(place, s) for place in places for s in range(settings["sequences_per_city"])]
+    render = partial(_render_drive, settings=settings, batch=run.batch, image_dir=run.image_dir)
+    workers = min(cfg.workers or len(os.sched_getaffinity(0)), max(len(drives), 1))
     rows = []
-    for row in cities.itertuples(index=False):
-        city = _make_city(row, settings["seed"])
-        city_rows = _render_city(city, settings, run.batch, run.image_dir)
-        log.debug("%s: %d images (%s region)", city.name, len(city_rows), city.style.name)
-        rows.extend(city_rows)
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            rendered = pool.imap(render, drives, chunksize=1)
+        else:
+            rendered = map(render, drives)
+        for drive_rows in rendered:
+            rows.extend(drive_rows)
     return _manifest(rows)
+
+
+class _Place(NamedTuple):
+    """A row of data/cities.csv, as the rendering processes get it."""
+    city: str
+    lat: float
+    lon: float
+    radius_km: float
 
 
 def _settings(cfg) -> dict:
@@ -963,42 +987,50 @@ def _sequence_id(city: _City, sequence: int, part: int = 0) -> str:
     return "".join(chars)
 
 
-def _render_city(city: _City, settings: dict, batch: str, image_dir: Path) -> list[dict]:
+@functools.lru_cache(maxsize=64)
+def _city_of(place: _Place, seed: int) -> _City:
+    return _make_city(place, seed)
+
+
+def _render_drive(drive: tuple[_Place, int], settings: dict, batch: str,
+                  image_dir: Path) -> list[dict]:
+    """Render drive s of a city: its JPEGs, and its manifest rows in frame order."""
+    place, s = drive
+    city = _city_of(place, settings["seed"])
     width = settings["image_size"]
     height = round(width * 3 / 4)
+    rng = city.rng(RNG_SEQUENCE, s)
+    noise_rng = city.rng(RNG_NOISE, s)
+    n = int(rng.integers(settings["frames_min"], settings["frames_max"] + 1))
+    # A drive uploaded in two parts: frames from `cut` on form a second sequence.
+    cut = int(rng.integers(2, n - 1)) if n >= 4 and rng.random() < TWIN_SHARE else n
+    path = _drive(city, rng, n)
+    enu = city.to_enu(np.array([g for g, _ in path]))
+    steps = np.hypot(*np.diff(enu, axis=0).T)
+    times, hour = _capture_times(rng, steps)
+    creator = city.creators[int(rng.integers(len(city.creators)))]
+    parts = (_sequence_id(city, s), _sequence_id(city, s, part=1))
+    cam = _camera(city, rng, noise_rng, hour, width, height)
+    # What a GPS and a compass would report: the true pose plus noise.
+    lat, lon = city.to_latlon(enu + rng.uniform(-GPS_NOISE_M, GPS_NOISE_M, size=enu.shape))
     rows = []
-    for s in range(settings["sequences_per_city"]):
-        rng = city.rng(RNG_SEQUENCE, s)
-        noise_rng = city.rng(RNG_NOISE, s)
-        n = int(rng.integers(settings["frames_min"], settings["frames_max"] + 1))
-        # A drive uploaded in two parts: frames from `cut` on form a second sequence.
-        cut = int(rng.integers(2, n - 1)) if n >= 4 and rng.random() < TWIN_SHARE else n
-        path = _drive(city, rng, n)
-        enu = city.to_enu(np.array([g for g, _ in path]))
-        steps = np.hypot(*np.diff(enu, axis=0).T)
-        times, hour = _capture_times(rng, steps)
-        creator = city.creators[int(rng.integers(len(city.creators)))]
-        parts = (_sequence_id(city, s), _sequence_id(city, s, part=1))
-        cam = _camera(city, rng, noise_rng, hour, width, height)
-        # What a GPS and a compass would report: the true pose plus noise.
-        lat, lon = city.to_latlon(enu + rng.uniform(-GPS_NOISE_M, GPS_NOISE_M, size=enu.shape))
-        for f, (g, d) in enumerate(path):
-            shot = _Shot(g=g, d=d, shift_px=tuple(rng.normal(0, 1.5, size=2)),
-                         roll=math.radians(rng.normal(0, 0.3)), gain=math.exp(rng.normal(0, 0.03)))
-            compass = (city.heading(d) + math.degrees(cam.yaw) + rng.normal(0, 2.0)) % 360.0
-            image_id = _image_id(city, s, f)
-            pixels = _render(city, cam, shot, width, height, noise_rng)
-            relative = f"images/{image_id}.jpg"
-            with atomic_path(image_dir / f"{image_id}.jpg") as tmp:
-                Image.fromarray(pixels).save(tmp, format="JPEG",
-                                             quality=settings["jpeg_quality"])
-            rows.append({
-                "image_id": image_id, "lat": float(lat[f]), "lon": float(lon[f]),
-                "captured_at": int(times[f]), "sequence_id": parts[f >= cut],
-                "compass_angle": float(compass), "creator": creator, "source": SOURCE,
-                "city": city.name, "batch": batch, "path": relative,
-                "width": width, "height": height,
-            })
+    for f, (g, d) in enumerate(path):
+        shot = _Shot(g=g, d=d, shift_px=tuple(rng.normal(0, 1.5, size=2)),
+                     roll=math.radians(rng.normal(0, 0.3)), gain=math.exp(rng.normal(0, 0.03)))
+        compass = (city.heading(d) + math.degrees(cam.yaw) + rng.normal(0, 2.0)) % 360.0
+        image_id = _image_id(city, s, f)
+        pixels = _render(city, cam, shot, width, height, noise_rng)
+        relative = f"images/{image_id}.jpg"
+        with atomic_path(image_dir / f"{image_id}.jpg") as tmp:
+            Image.fromarray(pixels).save(tmp, format="JPEG",
+                                         quality=settings["jpeg_quality"])
+        rows.append({
+            "image_id": image_id, "lat": float(lat[f]), "lon": float(lon[f]),
+            "captured_at": int(times[f]), "sequence_id": parts[f >= cut],
+            "compass_angle": float(compass), "creator": creator, "source": SOURCE,
+            "city": city.name, "batch": batch, "path": relative,
+            "width": width, "height": height,
+        })
     return rows
 
 
