@@ -1,5 +1,6 @@
 """The `geoloc` command: predict where photos were taken with an exported model, serve it over
-HTTP with a web page, and purge raw JPEGs that the resize cache has made redundant."""
+HTTP with a web page, purge raw JPEGs that the resize cache has made redundant, and freeze the
+test split while the data grows."""
 
 from __future__ import annotations
 
@@ -43,6 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     purge.add_argument("batches", nargs="*",
                        help="batches to purge (default: every batch in the resize cache)")
     purge.add_argument("--delete", action="store_true", help="delete (default: list only)")
+    freeze = commands.add_parser(
+        "freeze-test", help="keep today's test split while the data grows",
+        description="Lists the sequences of data/splits/test.parquet in "
+                    "data/test_sequences.txt: the next split keeps exactly their images as "
+                    "its test set, so figures measured before and after the data grows are "
+                    "measured on the same photos. Commit the file; empty it to draw the test "
+                    "split again.")
+    freeze.add_argument("--splits", type=Path, default=Path("data/splits"))
+    freeze.add_argument("--out", type=Path, default=Path("data/test_sequences.txt"))
     serve = commands.add_parser(
         "serve", help="serve predictions over HTTP, with a web page at /",
         description="Serves POST /predict, GET /health, GET /model, the API docs at /docs and "
@@ -56,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="largest photo accepted, in MB (default: 20)")
     args = parser.parse_args(argv)
     try:
-        return {"predict": _predict, "purge": _purge, "serve": _serve}[args.command](args)
+        return {"predict": _predict, "purge": _purge, "freeze-test": _freeze_test,
+                "serve": _serve}[args.command](args)
     except GeolocError as exc:
         print(f"geoloc: error: {exc}", file=sys.stderr)
         return 2
@@ -130,6 +141,15 @@ class _Table:
         top = " ".join(f"{t['cell']}:{t['probability']:.2f}" for t in prediction.top)
         print(f"{name:{self.width}} {prediction.lat:9.5f} {prediction.lon:9.5f} "
               f"{prediction.cell:16} {prediction.confidence:10.3f} {prediction.mode:9}  {top}")
+
+
+def _freeze_test(args) -> int:
+    from geoloc.data.splits import write_test_sequences
+
+    count = write_test_sequences(args.splits, args.out)
+    print(f"{args.out}: the {count} test sequences of {args.splits}; the split stage keeps "
+          f"them as the test set from now on")
+    return 0
 
 
 def _purge(args) -> int:

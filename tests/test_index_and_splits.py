@@ -20,7 +20,9 @@ from geoloc.data.splits import (
     assign_units,
     distances_by_protocol,
     make_splits,
+    read_test_sequences,
     twin_groups,
+    write_splits,
 )
 from geoloc.errors import GeolocError
 from geoloc.geo import pairwise_km
@@ -395,6 +397,60 @@ def test_the_spatial_protocol_keeps_test_places_unseen():
     assert audit["shared_blocks"] == 0 and audit["shared_sequences"] == 0
     assert audit["nearest_train_km"]["test"]["median"] == pytest.approx(
         np.median(distances["spatial"]), rel=1e-6)
+
+
+def frozen_test(small: pd.DataFrame, cfg, tmp_path) -> tuple[frozenset[str], set[str]]:
+    """Split the small world and freeze its test sequences with `geoloc freeze-test`: the
+    sequences read back, and the test images."""
+    from geoloc.cli import main
+
+    images, cells, _ = build_index(small, STREET_CELLS)
+    frames, split_cells, _ = make_splits(images, cells, cfg)
+    (tmp_path / "splits").mkdir()
+    write_splits(frames, split_cells, tmp_path / "splits")
+    out = tmp_path / "test_sequences.txt"
+    assert main(["freeze-test", "--splits", str(tmp_path / "splits"), "--out", str(out)]) == 0
+    return read_test_sequences(out, small), set(frames["test"]["image_id"])
+
+
+STREET_CELLS = index_cfg(coarsest_resolution=4, finest_resolution=5,
+                         max_images_per_cell=10_000, min_images_per_cell=1)
+
+
+def test_a_frozen_test_split_stays_the_same_while_the_data_grows(tmp_path):
+    cfg = replace(SPLIT, block_resolution=7)
+    listed, small_test = frozen_test(revisited_streets(drives=4), cfg, tmp_path)
+    assert listed and len(small_test) > 0
+    grown = revisited_streets(drives=10)       # the same 4 drives per street and 6 more
+    images, cells, _ = build_index(grown, STREET_CELLS)
+    frames, _, audit = make_splits(images, cells, cfg, listed)
+    assert set(frames["test"]["image_id"]) == small_test
+    assert audit["shared_sequences"] == 0 == audit["shared_twin_groups"]
+    assert audit["fixed_test_sequences"] == len(listed)
+    # every other image went to train or val, val with its share of all images
+    assert len(frames["train"]) + len(frames["val"]) == len(grown) - len(small_test)
+    assert len(frames["val"]) / len(grown) == pytest.approx(cfg.val_fraction, abs=0.05)
+
+    # under the spatial protocol no new drive in a test block is trained on: it is dropped
+    spatial = replace(cfg, protocol="spatial")
+    frames, _, audit = make_splits(images, cells, spatial, listed)
+    assert set(frames["test"]["image_id"]) <= set(grown[grown["sequence_id"].isin(listed)]
+                                                  ["image_id"])
+    assert audit["shared_blocks"] == 0
+    assert sum(audit["images_dropped"]["beside_the_fixed_test"].values()) > 0
+
+
+def test_a_frozen_test_split_of_other_data_is_refused_or_named(tmp_path, caplog):
+    images = revisited_streets(drives=4)
+    path = tmp_path / "test_sequences.txt"
+    path.write_text("# a comment\n\nst00-1\nst99-9  # gone\n")
+    assert read_test_sequences(path, images) == {"st00-1", "st99-9"}
+    assert "1 of the 2 sequences" in caplog.text and "st99-9" in caplog.text
+    path.write_text("# nothing listed\n")
+    assert read_test_sequences(path, images) == frozenset()
+    path.write_text("elsewhere-1\n")
+    with pytest.raises(GeolocError, match="none of the sequences"):
+        read_test_sequences(path, images)
 
 
 def test_blocks_follow_the_finest_cell_unless_set():

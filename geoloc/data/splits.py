@@ -20,6 +20,7 @@ from geoloc.choices import PROTOCOLS
 from geoloc.data.cells import stable_hash
 from geoloc.errors import GeolocError
 from geoloc.geo import cells_of, haversine_km, nearest_km
+from geoloc.io import atomic_path
 from geoloc.params import SplitParams, is_auto
 
 SPLITS = ("train", "val", "test")
@@ -31,6 +32,13 @@ MAX_RESOLUTION = 15   # H3's finest
 # neighbourhoods, not whole towns, which a block one level finer than city-sized cells can be.
 NEIGHBOURHOOD = 7
 SMALL_BLOCKS = 8      # finer auto blocks (under ~0.7 km2) are worth a warning
+
+TEST_SEQUENCES = Path("data/test_sequences.txt")
+TEST_SEQUENCES_HEADER = """\
+# The sequences that make the test split, one id per line (`geoloc freeze-test` writes them
+# from data/splits/test.parquet). When any are listed, test is exactly their images and
+# split.test_fraction is unused: one test set while the data grows. Listing none draws it.
+"""
 
 
 def twin_groups(images: pd.DataFrame, max_gap_s: float, max_gap_m: float) -> pd.Series:
@@ -119,8 +127,15 @@ def blocks_of(images: pd.DataFrame, resolution: int) -> pd.Series:
 
 
 def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
+                test_sequences: frozenset[str] = frozenset(),
                 ) -> tuple[dict, pd.DataFrame, dict]:
     """Return ({split: rows}, cells with representative points, audit figures).
+
+    With `test_sequences` (read_test_sequences), test is exactly the images of those
+    sequences, whatever else the data holds: a test set that stays fixed while the data grows.
+    The units holding them are test units; their other images (a new drive twinned with a
+    listed one, or under the spatial protocol one in a test block) are dropped, not trained
+    on, and val takes `val_fraction` of the rest.
 
     Under the spatial protocol an image lying in a block of another split than its own is
     dropped (the ends of drives that leave their home block), so no test or val block holds a
@@ -136,12 +151,24 @@ def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
     group = images["sequence_id"].map(groups)
     blocks = blocks_of(images, block_resolution)
     units = group if cfg.protocol == "sequence" else home_blocks(group, blocks)
-    split = assign_units(images, units, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     dropped = {reason: dict.fromkeys(SPLITS, 0) for reason in
-               ("outside_block", "one_per_sequence")}
+               ("outside_block", "one_per_sequence", "beside_the_fixed_test")}
+    if test_sequences:
+        listed = images["sequence_id"].isin(test_sequences)
+        test_units = units.isin(units[listed])
+        split = pd.concat([
+            assign_units(images[~test_units], units[~test_units], cfg.val_fraction, 0.0,
+                         cfg.seed),
+            pd.Series("test", index=images.index[test_units])]).loc[images.index]
+    else:
+        split = assign_units(images, units, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     if cfg.protocol == "spatial":
         keep = split == block_splits(blocks, units, split)
         dropped["outside_block"] = _count(split[~keep])
+        split = split[keep]
+    if test_sequences:
+        keep = (split != "test") | images.loc[split.index, "sequence_id"].isin(test_sequences)
+        dropped["beside_the_fixed_test"] = _count(split[~keep])
         split = split[keep]
     if cfg.one_image_per_sequence:
         keep = _one_per_sequence(images.loc[split.index]) | (split == "train")
@@ -159,10 +186,36 @@ def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
               .reset_index(drop=True) for name in SPLITS}
     audit = split_audit(frames, groups, block_resolution)
     audit["images_dropped"] = dropped
+    audit["fixed_test_sequences"] = len(test_sequences)
     audit["block_resolution"] = block_resolution
     audit["cells_without_train_images"] = int((cells["n_train"] == 0).sum())
     audit["images_in_cells_without_train_images"] = unseen
     return frames, cells, audit
+
+
+def read_test_sequences(path: Path | str, images: pd.DataFrame) -> frozenset[str]:
+    """The sequence ids listed in `path` (one per line; `#` starts a comment), or none when it
+    lists none. Ids the images do not hold are named in a warning (the data shrank)."""
+    lines = (line.split("#")[0].strip() for line in Path(path).read_text().splitlines())
+    listed = frozenset(filter(None, lines))
+    missing = listed - set(images["sequence_id"])
+    if missing:
+        log.warning("%d of the %d sequences in %s are not in the data (%s...): the fixed test "
+                    "split holds the other %d", len(missing), len(listed), path,
+                    ", ".join(sorted(missing)[:3]), len(listed) - len(missing))
+    if listed and listed == missing:
+        raise GeolocError(f"none of the sequences in {path} is in the data: empty it to draw "
+                          f"the test split, or fetch the data it was written for")
+    return listed
+
+
+def write_test_sequences(splits_dir: Path | str, path: Path | str) -> int:
+    """List the sequences of a split's test set in `path`, for read_test_sequences; returns
+    how many."""
+    sequences = sorted(load_split(splits_dir, "test")["sequence_id"].unique())
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(TEST_SEQUENCES_HEADER + "".join(f"{s}\n" for s in sequences))
+    return len(sequences)
 
 
 def resolve_block_resolution(value: int | str, cells: pd.DataFrame) -> int:
@@ -230,13 +283,15 @@ def nearest_train_km(frames: dict[str, pd.DataFrame], name: str) -> np.ndarray:
     return nearest_km(rows["lat"], rows["lon"], train["lat"], train["lon"])
 
 
-def distances_by_protocol(images: pd.DataFrame, cells: pd.DataFrame,
-                               cfg: SplitParams) -> dict[str, np.ndarray]:
+def distances_by_protocol(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
+                          test_sequences: frozenset[str] = frozenset(),
+                          ) -> dict[str, np.ndarray]:
     """Each test image's distance to its nearest train image under each protocol, the other
     params unchanged: what a stricter split costs in how close test is to train."""
     distances = {}
     for protocol in PROTOCOLS:
-        frames, _, _ = make_splits(images, cells, replace(cfg, protocol=protocol))
+        frames, _, _ = make_splits(images, cells, replace(cfg, protocol=protocol),
+                                   test_sequences)
         distances[protocol] = nearest_train_km(frames, "test")
     return distances
 
