@@ -49,7 +49,8 @@ def render_benchmark_set(folder: Path, images: int) -> pd.DataFrame:
     cities = load_cities(ROOT / "data/cities.csv").head(10)
     drives = math.ceil(images / FRAMES_PER_DRIVE / len(cities))
     cfg = dict(seed=0, sequences_per_city=drives, frames_min=FRAMES_PER_DRIVE,
-               frames_max=FRAMES_PER_DRIVE, image_size=SOURCE_SIZE, jpeg_quality=90)
+               frames_max=FRAMES_PER_DRIVE, image_size=SOURCE_SIZE, jpeg_quality=90,
+               workers=None)
     store = folder / "downloads"
     run = FetchRun("bench", folder / "bench", store, DiskBudget(store, 100.0))
     manifest = synthetic.fetch(cities, argparse.Namespace(**cfg), run).head(images)
@@ -65,8 +66,9 @@ def timed_build(rows_file: Path, raw: Path, out: Path, size: int, workers: int,
     workers together."""
     command = [sys.executable, str(Path(__file__).with_name("cache_build.py")), str(rows_file),
                str(raw), str(out), str(size), str(workers), "1" if draft else "0"]
-    _, peak_mb, stdout = run_measured(command)
-    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_rss_mb": peak_mb}
+    measured = run_measured(command)
+    return {**json.loads(measured.stdout.strip().splitlines()[-1]),
+            "peak_rss_mb": measured.peak_mb}
 
 
 class JpegFiles(Dataset):

@@ -35,7 +35,7 @@ def main() -> None:
     photos = sum(len(pd.read_parquet(path)) for path in splits)
     cfg = load_params(ROOT / "params.yaml").features
     with tempfile.TemporaryDirectory() as tmp:
-        seconds, peak_mb, _ = run_measured(
+        seconds, peak_mb, _, _ = run_measured(
             [sys.executable, "stages/features.py", "--splits", args.splits, "--raw", args.raw,
              "--out", str(Path(tmp) / "features")], cwd=ROOT)
     record(args.out, {"features_photos": photos, "features_size": cfg.size,
