@@ -9,6 +9,7 @@ can drop them under pressure, as it cannot drop anonymous memory.
 """
 
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -24,19 +25,23 @@ class Measured(NamedTuple):
 def run_measured(command: list[str] | str, cwd: Path | None = None,
                  env: dict | None = None) -> Measured:
     """Run `command` (a shell line if a string) and measure it; exit if it fails."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True,
-                               shell=isinstance(command, str))
-    peak_rss = peak_pss = 0
-    while process.poll() is None:
-        rss, pss = tree_kib(process.pid)
-        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-        time.sleep(0.02)
-    seconds = time.perf_counter() - started
+    # stdout goes to a file: a pipe read only at the end would block a talkative command
+    with tempfile.TemporaryFile("w+") as stdout:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, text=True,
+                                   shell=isinstance(command, str))
+        peak_rss = peak_pss = 0
+        while process.poll() is None:
+            rss, pss = tree_kib(process.pid)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+        stdout.seek(0)
+        output = stdout.read()
     if process.returncode != 0:
         shown = command if isinstance(command, str) else " ".join(command)
         raise SystemExit(f"{shown} failed ({process.returncode})")
-    return Measured(seconds, peak_rss / 1024, peak_pss / 1024, process.stdout.read())
+    return Measured(seconds, peak_rss / 1024, peak_pss / 1024, output)
 
 
 def tree_kib(pid: int) -> tuple[int, int]:

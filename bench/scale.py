@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=None,
                         help="frames per drive, fixed (default: the params' 5 to 12)")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs measured")
+    parser.add_argument("--through", choices=STAGES, default=STAGES[-1],
+                        help="the last stage to run (default: all of them)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--repeat-below", type=float, default=60.0,
                         help="repeat a stage that took fewer seconds than this")
@@ -108,7 +110,7 @@ def measure_size(clone: Path, drives: int, frozen: Path, args) -> dict:
     """Every stage of one size, in order; the first size also freezes the test split."""
     commands = stage_commands(clone)
     figures = {}
-    for stage in STAGES:
+    for stage in STAGES[:STAGES.index(args.through) + 1]:
         if stage == "split" and not frozen.exists():
             # The smallest world's drawn test split becomes every size's test split.
             run_stage(commands[stage], clone)
@@ -118,8 +120,9 @@ def measure_size(clone: Path, drives: int, frozen: Path, args) -> dict:
         figures[stage] = measure_stage(commands[stage], clone, args)
         figures[stage]["disk_mb"] = round(outputs_bytes(clone, stage) / 1e6, 3)
     data = json.loads((clone / "metrics/data.json").read_text())
-    train_time = json.loads((clone / "metrics/train_time.json").read_text())
-    figures["train"]["seconds_per_epoch"] = round(train_time["minutes_per_epoch"] * 60, 3)
+    if "train" in figures:
+        train_time = json.loads((clone / "metrics/train_time.json").read_text())
+        figures["train"]["seconds_per_epoch"] = round(train_time["minutes_per_epoch"] * 60, 3)
     return {"sequences_per_city": drives, "images": data["images"], "cells": data["cells"],
             "stages": figures}
 
@@ -192,11 +195,12 @@ def summary(sizes: list[dict], args) -> dict:
         exponents[f"{small['images']}-{large['images']}"] = {
             stage: {"seconds": slope(stage, "seconds_per_epoch" if stage == "train"
                                      else "seconds"),
-                    "peak_pss_mb": slope(stage, "peak_pss_mb")} for stage in STAGES}
+                    "peak_pss_mb": slope(stage, "peak_pss_mb")} for stage in small["stages"]}
     for size in sizes:
-        train = size["stages"]["train"]
-        train["extrapolated_minutes_for_params_epochs"] = round(
-            train["seconds_per_epoch"] * epochs / 60, 2)
+        if "train" in size["stages"]:
+            train = size["stages"]["train"]
+            train["extrapolated_minutes_for_params_epochs"] = round(
+                train["seconds_per_epoch"] * epochs / 60, 2)
     return {"cpus": len(os.sched_getaffinity(0)), "commit": head_commit(),
             "epochs_measured": args.epochs, "params_epochs": epochs,
             "sizes": sizes, "growth_exponents": exponents}
@@ -213,7 +217,7 @@ def plot(results: dict, path: Path) -> None:
 
     images = [size["images"] for size in results["sizes"]]
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for stage in STAGES:
+    for stage in results["sizes"][0]["stages"]:
         key = "seconds_per_epoch" if stage == "train" else "seconds"
         label = "train (per epoch)" if stage == "train" else stage
         time_axis.plot(images, [s["stages"][stage][key] for s in results["sizes"]], "o-",

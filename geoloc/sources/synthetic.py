@@ -190,7 +190,9 @@ def fetch(cities: pd.DataFrame, cfg, run: FetchRun) -> pd.DataFrame:
     rows = []
     with contextlib.ExitStack() as stack:
         if workers > 1:
-            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            # fork: the renderer holds no threads or torch, and spawn's fresh interpreters
+            # would cost seconds per batch
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers))
             rendered = pool.imap(render, drives, chunksize=1)
         else:
             rendered = map(render, drives)
