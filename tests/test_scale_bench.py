@@ -24,7 +24,7 @@ def test_the_scale_benchmark_measures_nested_worlds_on_one_test_split(tmp_path):
     assert large["images"] > 2 * small["images"] > 0
     stages = ["fetch", "index", "split", "resize_cache"]
     for size in results["sizes"]:
-        assert list(size["stages"]) == stages
+        assert set(size["stages"]) == set(stages)
         for figures in size["stages"].values():
             assert len(figures["seconds_runs"]) == 2          # repeated, as asked
             assert min(figures["seconds_runs"]) <= figures["seconds"] <= max(
@@ -32,7 +32,7 @@ def test_the_scale_benchmark_measures_nested_worlds_on_one_test_split(tmp_path):
             assert 0 < figures["peak_pss_mb"] <= figures["peak_rss_mb"]
             assert figures["disk_mb"] > 0
     (pair, exponents), = results["growth_exponents"].items()
-    assert pair == f"{small['images']}-{large['images']}" and list(exponents) == stages
+    assert pair == f"{small['images']}-{large['images']}" and set(exponents) == set(stages)
     assert plot.stat().st_size > 0
 
     # nested worlds: the larger one holds the smaller one's photos
