@@ -29,6 +29,7 @@ from geoloc.io import atomic_path
 
 INDEX_NAME = "retrieval.npz"
 ARRAYS = ("mean", "components", "vectors", "lat", "lon", "label")
+BUILD_ROWS = 8192   # training photos whose features are centred and projected at once
 CHUNK = 1024   # queries whose neighbours' distances are held at once (chunk x k x k)
 
 
@@ -46,13 +47,20 @@ class RetrievalIndex:
     def build(cls, features: np.ndarray, lat, lon, label, dims: int) -> RetrievalIndex:
         """The index of training photos with these features (N x D), keeping `dims`
         principal components (0: all D)."""
-        features = np.asarray(features, dtype=np.float64)
         if len(features) == 0:
             raise GeolocError("retrieval: no training photo has features")
-        mean = features.mean(axis=0)
-        centred = features - mean
+        # In float64, but a chunk of rows at a time: a float64 copy of every training photo's
+        # features would take gigabytes from about 100k photos on.
+        chunks = [slice(start, start + BUILD_ROWS)
+                  for start in range(0, len(features), BUILD_ROWS)]
+        mean = sum(np.asarray(features[rows], np.float64).sum(axis=0) for rows in chunks)
+        mean /= len(features)
+        scatter = np.zeros((features.shape[1], features.shape[1]))
+        for rows in chunks:
+            centred = np.asarray(features[rows], np.float64) - mean
+            scatter += centred.T @ centred
         keep = features.shape[1] if dims == 0 else min(dims, *features.shape)
-        values, vectors = np.linalg.eigh(centred.T @ centred)
+        values, vectors = np.linalg.eigh(scatter)
         components = vectors[:, ::-1][:, :keep]
         # An eigenvector's sign is arbitrary: fix it, so the same features give the same index.
         signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(keep)])
@@ -60,7 +68,8 @@ class RetrievalIndex:
         index = cls(mean.astype(np.float32), components, np.zeros((0, keep), np.float16),
                     np.asarray(lat, np.float64), np.asarray(lon, np.float64),
                     np.asarray(label, np.int64))
-        index.vectors = index.project(features).astype(np.float16)
+        index.vectors = np.concatenate([index.project(features[rows]).astype(np.float16)
+                                        for rows in chunks])
         return index
 
     def project(self, features: np.ndarray) -> np.ndarray:

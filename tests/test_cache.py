@@ -2,6 +2,8 @@
 worker processes."""
 
 import pickle
+import time
+from multiprocessing.pool import ThreadPool
 
 import numpy as np
 import pandas as pd
@@ -11,7 +13,9 @@ from PIL import Image
 
 from geoloc.data.augment import BatchAugment
 from geoloc.data.cache import (
+    CHUNK,
     CacheError,
+    _ahead,
     build_cache,
     cache_path,
     load_cache,
@@ -80,6 +84,24 @@ def test_the_build_is_deterministic_and_the_same_with_a_process_pool(raw, tmp_pa
         cache_path(tmp_path / "alone", "train", 48).read_bytes()
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
         "cache.json", "train_32.npy", "train_48.npy"]
+
+
+def test_decoding_runs_a_bounded_number_of_chunks_ahead_of_a_slow_consumer():
+    """The decoders never hold more than `chunks_ahead` chunks beyond what the consumer took,
+    however slow it is (Pool.imap would decode everything ahead and hold it in memory)."""
+    started = []
+
+    def decode_chunk(paths):
+        started.append(paths[0])
+        return list(paths)
+
+    paths = [str(i) for i in range(40 * CHUNK)]
+    with ThreadPool(2) as pool:
+        for i, path in enumerate(_ahead(pool, decode_chunk, paths, chunks_ahead=3)):
+            assert path == paths[i]
+            assert len(started) <= i // CHUNK + 3
+            time.sleep(0.0005)
+    assert len(started) == 40
 
 
 def test_draft_decoding_stays_close_to_a_full_decode(tmp_path):

@@ -81,3 +81,20 @@ def test_the_index_is_the_same_from_the_same_features_and_survives_a_round_trip(
         assert np.array_equal(getattr(loaded, name), getattr(first, name)), name
     with pytest.raises(GeolocError, match="not found: run the evaluate stage"):
         RetrievalIndex.load(tmp_path / "missing.npz")
+
+
+def test_the_index_built_a_chunk_at_a_time_is_the_full_computation(monkeypatch):
+    """Centred and projected a few rows at a time (memory bounded at any size), the index
+    equals a principal component analysis of all the features at once."""
+    rng = np.random.default_rng(3)
+    features = (rng.normal(size=(50, 12)) * np.arange(1, 13)).astype(np.float32)
+    monkeypatch.setattr("geoloc.retrieval.BUILD_ROWS", 7)
+    index = RetrievalIndex.build(features, np.zeros(50), np.zeros(50), np.zeros(50), dims=4)
+    centred = features.astype(np.float64) - features.astype(np.float64).mean(axis=0)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    top = vectors[:, ::-1][:, :4]
+    np.testing.assert_allclose(index.mean, features.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.abs(index.components), np.abs(top), atol=1e-5)
+    projected = centred @ (top * np.sign((top * index.components).sum(axis=0)))
+    projected /= np.linalg.norm(projected, axis=1, keepdims=True)
+    np.testing.assert_allclose(index.vectors, projected, atol=2e-3)

@@ -10,6 +10,7 @@ listed; its row stays zero and is never read.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -97,7 +98,25 @@ def decode_all(paths: list[str], sizes: list[int], draft: bool, workers: int,
         return map(decode, paths)
     # spawn: a forked worker would inherit whatever threads and locks the parent holds.
     pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
-    return pool.imap(decode, paths, chunksize=CHUNK)
+    return _ahead(pool, partial(_decode_chunk, decode), paths, chunks_ahead=4 * workers)
+
+
+def _ahead(pool, decode_chunk, paths: list[str], chunks_ahead: int) -> Iterator:
+    """decode_chunk's results, in order, with at most chunks_ahead chunks of CHUNK paths
+    decoded or in flight beyond what the caller has taken: Pool.imap runs ahead without
+    bound, and a consumer slower than the decoders (a network over the photos) would
+    otherwise hold every decoded image in memory."""
+    pending = collections.deque()
+    for start in range(0, len(paths), CHUNK):
+        pending.append(pool.apply_async(decode_chunk, (paths[start:start + CHUNK],)))
+        if len(pending) >= chunks_ahead:
+            yield from pending.popleft().get()
+    while pending:
+        yield from pending.popleft().get()
+
+
+def _decode_chunk(decode, paths: list[str]) -> list:
+    return [decode(path) for path in paths]
 
 
 def decode_squares(path: str, sizes: tuple[int, ...], draft: bool) -> list[np.ndarray] | str:
