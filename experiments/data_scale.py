@@ -1,14 +1,17 @@
 """Accuracy versus data: one recipe on nested synthetic worlds of growing size, scored on one
-fixed test set. Writes experiments/data_scale.json, experiments/data_scale.md (the README's
-table) and plots/data_scale.png.
+fixed test set. Writes into experiments/data_scale/: results.json (each run's figures on its
+own test split, as the evaluate stage reports them), one parquet of per-photo errors per run,
+and table.md (the README's table); and plots/data_scale.png.
 
     python experiments/data_scale.py --work /tmp/scale          # 5k and 25k photos
     python experiments/data_scale.py --work /tmp/scale --sequences 12 59 235 --configs cnn
 
 Each size is a clone of HEAD (bench/scale.py makes them; run that with --keep on the same
 folder first and its data is reused). The cells follow the data (the four index limits
-`auto`), and every size's test split is the smallest size's (`geoloc freeze-test`): the
-photos are the same at every size, so the curve shows what more data does, not another test.
+`auto`), and every size's test split is the smallest size's (`geoloc freeze-test`). The index
+drops a few photos of places too sparse for a cell, more at larger sizes, so the table scores
+every run on the test photos that all sizes kept: the same photos at every size, so the curve
+shows what more data does, not another test.
 Each configuration trains with params.yaml's full recipe (epochs, patience) and is scored by
 the evaluate stage; results accumulate in the JSON, so sizes and configurations can be run in
 separate calls.
@@ -23,6 +26,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -42,6 +46,8 @@ CONFIGS = {
                              "model.freeze_backbone": True},
 }
 DATA_STAGES = STAGES[:STAGES.index("features") + 1]
+PHOTO_COLUMNS = ["image_id", "label", "pred_label", "error_km_argmax", "error_km_sequence",
+                 "floor_km", "nearest_photo_km"]
 
 
 def main() -> None:
@@ -51,23 +57,27 @@ def main() -> None:
                         help="the clones' folder (bench/scale.py --keep's, to reuse its data)")
     parser.add_argument("--sequences", type=int, nargs="+", default=[12, 59])
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
-    parser.add_argument("--results", type=Path, default=ROOT / "experiments/data_scale.json",
-                        help="the figures, kept between calls; the table goes beside it (.md)")
+    parser.add_argument("--results", type=Path, default=ROOT / "experiments/data_scale",
+                        help="the folder of the figures, kept between calls, and the table")
     parser.add_argument("--plot", type=Path, default=ROOT / "plots/data_scale.png")
     args = parser.parse_args()
-    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    args.results.mkdir(parents=True, exist_ok=True)
+    summary = args.results / "results.json"
+    results = json.loads(summary.read_text()) if summary.exists() else {}
     frozen = args.work / "test_sequences.txt"
     for drives in sorted(args.sequences):
         clone = prepare(args.work / f"sequences{drives}", drives, frozen)
         for name in args.configs:
-            figures = measure(clone, CONFIGS[name])
+            figures, photos = measure(clone, CONFIGS[name])
             results.setdefault(str(figures["images"]), {})[name] = figures
-            write_json(results, args.results)
+            photos.to_parquet(args.results / f"{figures['images']}_{name}.parquet", index=False)
+            write_json(results, summary)
             print(f"{figures['images']} photos, {name}: median {figures['median_km']:.3g} km, "
                   f"p90 {figures['p90_km']:.3g} km", flush=True)
-    args.results.with_suffix(".md").write_text(table(results))
-    plot(results, args.plot)
-    print(table(results))
+    common = on_common_photos(results, args.results)
+    (args.results / "table.md").write_text(table(results, common))
+    plot(common, args.plot)
+    print(table(results, common))
 
 
 def prepare(clone: Path, drives: int, frozen: Path) -> Path:
@@ -92,8 +102,9 @@ def prepare(clone: Path, drives: int, frozen: Path) -> Path:
     return clone
 
 
-def measure(clone: Path, changes: dict) -> dict:
-    """Train and evaluate one configuration in the clone; its figures and the data's."""
+def measure(clone: Path, changes: dict) -> tuple[dict, pd.DataFrame]:
+    """Train and evaluate one configuration in the clone: its figures and the data's, and
+    each test photo's errors."""
     base = yaml.safe_load((clone / "params.yaml").read_text())
     params = yaml.safe_load((clone / "params.yaml").read_text())
     for key, value in changes.items():
@@ -110,9 +121,10 @@ def measure(clone: Path, changes: dict) -> dict:
     data = json.loads((clone / "metrics/data.json").read_text())
     train_time = json.loads((clone / "metrics/train_time.json").read_text())
     cells = pd.read_parquet(clone / "data/splits/cells.parquet")
+    photos = pd.read_parquet(clone / "data/eval/predictions.parquet", columns=PHOTO_COLUMNS)
     keys = ("median_km", "p90_km", "accuracy", "far_200km", "far_500km", "floor_median_km",
             "nearest_photo_median_km", "nearest_photo_p90_km", "centroid_median_km",
-            "sequence_median_km", "images")
+            "sequence_median_km")
     return {
         **{key: evaluation[key] for key in keys},
         "test_images": evaluation["images"],
@@ -123,25 +135,52 @@ def measure(clone: Path, changes: dict) -> dict:
         "largest_cell_share_of_train": round(float(cells["n_train"].max()
                                                    / cells["n_train"].sum()), 4),
         "train_minutes": train_time["train_minutes"], "epochs_run": train_time["epochs_run"],
-    }
+    }, photos
 
 
-def table(results: dict) -> str:
+def on_common_photos(results: dict, folder: Path) -> dict:
+    """Each run's figures on the test photos that every size's split kept."""
+    photos = {(size, name): pd.read_parquet(folder / f"{size}_{name}.parquet")
+              for size in results for name in results[size]}
+    common = set.intersection(*(set(p["image_id"]) for p in photos.values()))
+    figures = {}
+    for (size, name), table in photos.items():
+        table = table[table["image_id"].isin(common)]
+        errors = table["error_km_argmax"].to_numpy()
+        figures.setdefault(size, {})[name] = {
+            "photos": len(table),
+            "median_km": float(np.median(errors)),
+            "p90_km": float(np.percentile(errors, 90)),
+            "accuracy": float(np.mean(table["pred_label"] == table["label"])),
+            "far_200km": float(np.mean(errors > 200)), "far_500km": float(np.mean(errors > 500)),
+            "sequence_median_km": float(np.median(table["error_km_sequence"])),
+            "floor_median_km": float(np.median(table["floor_km"])),
+            "nearest_photo_median_km": float(np.median(table["nearest_photo_km"])),
+            "nearest_photo_p90_km": float(np.percentile(table["nearest_photo_km"], 90)),
+        }
+    return figures
+
+
+def table(results: dict, common: dict) -> str:
+    """The README's table: the data's cells and gates from each run, its figures on the
+    common test photos."""
     lines = ["| photos | cells (res.) | photos per cell min / median | largest cell | model | "
-             "median km | p90 km | accuracy | beyond 200 / 500 km | floor km | nearest photo "
-             "median / p90 km | training min |",
-             "|---" * 12 + "|"]
-    for images in sorted(results, key=int):
-        for name, r in sorted(results[images].items()):
+             "median km | p90 km | accuracy | beyond 200 / 500 km | sequence median km | "
+             "floor km | nearest photo median / p90 km | training min |",
+             "|---" * 13 + "|"]
+    for size in sorted(results, key=int):
+        for name, r in sorted(results[size].items()):
+            c = common[size][name]
             lines.append(
-                f"| {int(images):,} | {r['cells']} ({min(r['resolutions'])}-"
+                f"| {int(size):,} | {r['cells']} ({min(r['resolutions'])}-"
                 f"{max(r['resolutions'])}) | {r['images_per_cell_min']} / "
                 f"{r['images_per_cell_median']:g} | {r['largest_cell_share_of_train']:.1%} | "
-                f"{name} | {r['median_km']:.3g} | {r['p90_km']:.3g} | {r['accuracy']:.3f} | "
-                f"{r['far_200km']:.3f} / {r['far_500km']:.3f} | {r['floor_median_km']:.3g} | "
-                f"{r['nearest_photo_median_km']:.3g} / {r['nearest_photo_p90_km']:.3g} | "
-                f"{r['train_minutes']:.3g} |")
-    return "\n".join(lines) + "\n"
+                f"{name} | {c['median_km']:.3g} | {c['p90_km']:.3g} | {c['accuracy']:.3f} | "
+                f"{c['far_200km']:.3f} / {c['far_500km']:.3f} | {c['sequence_median_km']:.3g} | "
+                f"{c['floor_median_km']:.3g} | {c['nearest_photo_median_km']:.3g} / "
+                f"{c['nearest_photo_p90_km']:.3g} | {r['train_minutes']:.3g} |")
+    photos = {c["photos"] for runs in common.values() for c in runs.values()}
+    return "\n".join(lines) + f"\n\nScored on the {photos.pop()} test photos every size kept.\n"
 
 
 def plot(results: dict, path: Path) -> None:
@@ -156,8 +195,12 @@ def plot(results: dict, path: Path) -> None:
         for name in names:
             points = [(int(s), results[s][name][key]) for s in sizes if name in results[s]]
             axis.plot(*zip(*points, strict=True), "o-", label=name)
-        floor = [(int(s), next(iter(results[s].values()))["floor_median_km"]) for s in sizes]
-        axis.plot(*zip(*floor, strict=True), "k--", label="cell floor (median)")
+        references = [("nearest_photo_" + key, "k:", "nearest photo")]
+        if key == "median_km":
+            references.append(("floor_median_km", "k--", "cell floor"))
+        for reference, style, label in references:
+            points = [(int(s), next(iter(results[s].values()))[reference]) for s in sizes]
+            axis.plot(*zip(*points, strict=True), style, label=label)
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("photos (synthetic world)")

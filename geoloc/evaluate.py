@@ -66,7 +66,11 @@ def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
     guesses = {mode: recipe.points(mode, test) for mode in modes}
     errors = {mode: haversine_km(rows["lat"], rows["lon"], lat, lon)
               for mode, (_, lat, lon) in guesses.items()}
-    predictions = prediction_table(rows, log_probs, guesses, errors, cfg)
+    # Each photo's error under the answers that need no model, for paired comparisons.
+    references = {"floor_km": floor_km(rows, cells)}
+    if "retrieval" in modes:
+        references["nearest_photo_km"] = nearest_photo_km(index, test.features, rows)
+    predictions = prediction_table(rows, log_probs, guesses, errors, cfg).assign(**references)
 
     labels = rows["label"].to_numpy()
     calibration = calibration_table(predictions["confidence"],
@@ -92,7 +96,9 @@ def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
         "sequence_temperature": recipe.sequence_temperature,
         "sequence_expected_calibration_error": expected_calibration_error(sequence_calibration),
         **reference_medians(rows, cells),
-        **(nearest_photo(index, test.features, rows) if "retrieval" in modes else {}),
+        **({"nearest_photo_median_km": float(np.median(references["nearest_photo_km"])),
+            "nearest_photo_p90_km": float(np.percentile(references["nearest_photo_km"], 90))}
+           if "nearest_photo_km" in references else {}),
     }
     by_city = pd.DataFrame([
         {"city": city, **figures(errors[cfg.mode][group.index], guesses[cfg.mode][0][group.index],
@@ -127,14 +133,20 @@ def figures(errors_km: np.ndarray, labels: np.ndarray, rows: pd.DataFrame,
     return out
 
 
-def nearest_photo(index: RetrievalIndex, features: np.ndarray, rows: pd.DataFrame) -> dict:
-    """The answer of a lookup with no model: the position of the single most similar training
-    photo in the feature index (the backbone's features, reduced to the index's principal
-    components), the reference a real-photo model must beat."""
+def nearest_photo_km(index: RetrievalIndex, features: np.ndarray,
+                     rows: pd.DataFrame) -> np.ndarray:
+    """Each photo's error under a lookup with no model: the position of the single most
+    similar training photo in the feature index (the backbone's features, reduced to the
+    index's principal components), the reference a real-photo model must beat."""
     _, lat, lon = retrieval_points(index, features, None, neighbours=1, within_top_cells=0)
-    errors = haversine_km(rows["lat"], rows["lon"], lat, lon)
-    return {"nearest_photo_median_km": float(np.median(errors)),
-            "nearest_photo_p90_km": float(np.percentile(errors, 90))}
+    return haversine_km(rows["lat"], rows["lon"], lat, lon)
+
+
+def floor_km(rows: pd.DataFrame, cells: pd.DataFrame) -> np.ndarray:
+    """Each photo's distance to its true cell's point: the error of a perfect classifier."""
+    true = cells.set_index("label").loc[rows["label"]]
+    return haversine_km(rows["lat"].to_numpy(), rows["lon"].to_numpy(), true["lat"].to_numpy(),
+                        true["lon"].to_numpy())
 
 
 def reference_medians(rows: pd.DataFrame, cells: pd.DataFrame) -> dict:
@@ -144,12 +156,11 @@ def reference_medians(rows: pd.DataFrame, cells: pd.DataFrame) -> dict:
     - centroid: the mean position of all training images, for every photo."""
     table = cells.set_index("label").sort_index()
     lat, lon = rows["lat"].to_numpy(), rows["lon"].to_numpy()
-    true = table.loc[rows["label"]]
     top = table.loc[table["n_train"].idxmax()]
     centre = mean_point(table["lat"].to_numpy(), table["lon"].to_numpy(),
                         table["n_train"].to_numpy())
     return {
-        "floor_median_km": float(np.median(haversine_km(lat, lon, true["lat"], true["lon"]))),
+        "floor_median_km": float(np.median(floor_km(rows, cells))),
         "baseline_median_km": float(np.median(haversine_km(lat, lon, top["lat"], top["lon"]))),
         "centroid_median_km": float(np.median(haversine_km(lat, lon, *centre))),
     }

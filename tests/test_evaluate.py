@@ -316,3 +316,10 @@ def test_retrieval_is_scored_beside_the_other_modes_with_the_nearest_photo():
     assert result.metrics["nearest_photo_p90_km"] >= result.metrics["nearest_photo_median_km"]
     assert result.modes["argmax"]["accuracy"] < 1.0
     assert (result.predictions["error_km"] == result.predictions["error_km_retrieval"]).all()
+    # each photo's reference errors, beside its answers: for paired comparisons
+    photos = result.predictions
+    assert np.median(photos["nearest_photo_km"]) == result.metrics["nearest_photo_median_km"]
+    assert np.median(photos["floor_km"]) == pytest.approx(result.metrics["floor_median_km"])
+    np.testing.assert_allclose(photos["floor_km"], geo.haversine_km(
+        photos["lat"], photos["lon"], cells.set_index("label").loc[photos["label"], "lat"],
+        cells.set_index("label").loc[photos["label"], "lon"]))
