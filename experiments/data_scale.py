@@ -165,7 +165,7 @@ def table(results: dict, common: dict) -> str:
     """The README's table: the data's cells and gates from each run, its figures on the
     common test photos."""
     lines = ["| photos | cells (res.) | photos per cell min / median | largest cell | model | "
-             "median km | p90 km | accuracy | beyond 200 / 500 km | sequence median km | "
+             "median km | p90 km | accuracy | beyond 200 / 500 km | sequence mode median km | "
              "floor km | nearest photo median / p90 km | training min |",
              "|---" * 13 + "|"]
     for size in sorted(results, key=int):
