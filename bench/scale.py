@@ -42,6 +42,7 @@ from process import run_measured  # noqa: E402
 
 from geoloc.data.splits import write_test_sequences  # noqa: E402
 from geoloc.io import write_json  # noqa: E402
+from geoloc.sources.run import folder_bytes  # noqa: E402
 
 STAGES = ("fetch", "index", "split", "resize_cache", "features", "train", "evaluate", "export")
 AUTO_CELLS = {key: "auto" for key in ("coarsest_resolution", "finest_resolution",
@@ -167,18 +168,11 @@ def clone_env(clone: Path) -> dict:
 
 def outputs_bytes(clone: Path, stage: str) -> int:
     """Bytes of a stage's outputs (its `outs` in dvc.yaml; for fetch, every batch's)."""
-    definition = yaml.safe_load((clone / "dvc.yaml").read_text())["stages"][stage]
-    outs = definition.get("do", definition).get("outs", [])
-    paths = [next(iter(out)) if isinstance(out, dict) else out for out in outs]
     if stage == "fetch":
-        paths = ["data/raw"]
-    return sum(tree_bytes(clone / path) for path in paths)
-
-
-def tree_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return folder_bytes(clone / "data/raw")
+    outs = yaml.safe_load((clone / "dvc.yaml").read_text())["stages"][stage].get("outs", [])
+    paths = [clone / (next(iter(out)) if isinstance(out, dict) else out) for out in outs]
+    return sum(path.stat().st_size if path.is_file() else folder_bytes(path) for path in paths)
 
 
 def summary(sizes: list[dict], args) -> dict:

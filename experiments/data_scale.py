@@ -22,6 +22,7 @@ Every figure here is from the synthetic world.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -106,7 +107,7 @@ def measure(clone: Path, changes: dict) -> tuple[dict, pd.DataFrame]:
     """Train and evaluate one configuration in the clone: its figures and the data's, and
     each test photo's errors."""
     base = yaml.safe_load((clone / "params.yaml").read_text())
-    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params = copy.deepcopy(base)
     for key, value in changes.items():
         section, name = key.split(".")
         params[section][name] = value
