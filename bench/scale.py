@@ -112,12 +112,8 @@ def measure_size(clone: Path, drives: int, frozen: Path, args) -> dict:
     commands = stage_commands(clone)
     figures = {}
     for stage in STAGES[:STAGES.index(args.through) + 1]:
-        if stage == "split" and not frozen.exists():
-            # The smallest world's drawn test split becomes every size's test split.
-            run_stage(commands[stage], clone)
-            write_test_sequences(clone / "data/splits", frozen)
         if stage == "split":
-            shutil.copyfile(frozen, clone / "data/test_sequences.txt")
+            use_frozen_test(clone, commands, frozen)
         figures[stage] = measure_stage(commands[stage], clone, args)
         figures[stage]["disk_mb"] = round(outputs_bytes(clone, stage) / 1e6, 3)
     data = json.loads((clone / "metrics/data.json").read_text())
@@ -126,6 +122,15 @@ def measure_size(clone: Path, drives: int, frozen: Path, args) -> dict:
         figures["train"]["seconds_per_epoch"] = round(train_time["minutes_per_epoch"] * 60, 3)
     return {"sequences_per_city": drives, "images": data["images"], "cells": data["cells"],
             "stages": figures}
+
+
+def use_frozen_test(clone: Path, commands: dict, frozen: Path) -> None:
+    """Before a size's split: give it the test split frozen in `frozen`, which the first size
+    draws (its split run once, then frozen) and every larger size keeps."""
+    if not frozen.exists():
+        run_stage(commands["split"], clone)
+        write_test_sequences(clone / "data/splits", frozen)
+    shutil.copyfile(frozen, clone / "data/test_sequences.txt")
 
 
 def stage_commands(clone: Path) -> dict[str, list[str]]:

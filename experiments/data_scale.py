@@ -34,9 +34,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from scale import STAGES, make_clone, run_stage, stage_commands  # noqa: E402
+from scale import STAGES, make_clone, run_stage, stage_commands, use_frozen_test  # noqa: E402
 
-from geoloc.data.splits import write_test_sequences  # noqa: E402
 from geoloc.io import write_json  # noqa: E402
 
 # name -> params changed from HEAD's (dotted keys)
@@ -93,13 +92,9 @@ def prepare(clone: Path, drives: int, frozen: Path) -> Path:
         return clone
     commands = stage_commands(clone)
     for stage in DATA_STAGES:
-        if stage == "split" and frozen.exists():
-            (clone / "data/test_sequences.txt").write_bytes(frozen.read_bytes())
+        if stage == "split":
+            use_frozen_test(clone, commands, frozen)
         run_stage(commands[stage], clone)
-        if stage == "split" and not frozen.exists():
-            write_test_sequences(clone / "data/splits", frozen)
-            (clone / "data/test_sequences.txt").write_bytes(frozen.read_bytes())
-            run_stage(commands[stage], clone)
     return clone
 
 
