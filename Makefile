@@ -39,6 +39,7 @@ bench: install
 	$(PY) bench/data.py --out metrics/bench.json
 	$(PY) bench/serve.py --out metrics/bench.json
 	$(PY) bench/features.py --out metrics/bench.json
+	$(PY) bench/train.py --out metrics/bench.json
 
 # Each stage's time, memory and disk at about 5k, 25k and 100k photos, in temporary clones
 # (metrics/scale.json, plots/scale.png); about an hour on 2 cores. SCALE_ARGS passes options.

@@ -12,4 +12,5 @@ def record(path: str | Path, figures: dict) -> None:
     results.update(figures)
     write_json(results, path)
     for key in sorted(figures):
-        print(f"{key:40} {figures[key]:.6g}")
+        value = figures[key]
+        print(f"{key:40} {value:.6g}" if isinstance(value, int | float) else f"{key:40} {value}")

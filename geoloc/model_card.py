@@ -16,8 +16,10 @@ LICENCES = {
 }
 
 
-def model_card(params: dict, evaluation: dict, data: dict, export: dict, spec: dict) -> str:
-    """Markdown for MODEL_CARD.md, from the training params, metrics/eval.json,
+def model_card(params: dict, trained: dict, evaluation: dict, data: dict, export: dict,
+               spec: dict) -> str:
+    """Markdown for MODEL_CARD.md, from the training params and summary (the checkpoint's:
+    `fit`'s figures, with the device and precision it trained in), metrics/eval.json,
     metrics/data.json, the export's parity figures and `spec`: models/recipe.json (the mode and
     the recipe's settings) and, when the index ships, its `retrieval` description."""
     model, loss = params["model"], params["loss"]
@@ -35,7 +37,9 @@ def model_card(params: dict, evaluation: dict, data: dict, export: dict, spec: d
   adaptive H3 cells (resolutions {resolutions}); the answer is the cell's representative point
   (the mean position of its training photos).
 - Architecture: `{model['arch']}` ({weights}{frozen}), `{model['head']}` head{hybrid}, loss
-  `{loss['name']}`.
+  `{loss['name']}`; trained on {trained.get('device', 'a device not recorded')} in
+  {trained.get('precision', 'a precision not recorded')} (train.precision
+  `{params['train']['precision']}`).
 - The answer's default mode is `{spec['mode']}`, the one evaluated below; the snapshot serves
   every mode evaluate scored, with the same functions and temperatures.
 - Input: one RGB photo, resized and centre-cropped to {export['image_size']} px (model.json);
@@ -111,3 +115,4 @@ to leave the index out (the retrieval mode is then not served)."""
 def _within(recipe: dict) -> str:
     cells = recipe["within_top_cells"]
     return f", among the photos of the {cells} likeliest cells" if cells else ""
+

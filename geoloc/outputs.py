@@ -42,15 +42,19 @@ def _pair(out) -> tuple:
 def _batched(model: torch.nn.Module, forward: Callable, inputs: np.ndarray,
              positions: np.ndarray, device, batch_size: int,
              ) -> tuple[np.ndarray, np.ndarray | None]:
-    """`forward` (inputs -> logits, offsets or None) over inputs[positions], in batches."""
+    """`forward` (inputs -> logits, offsets or None) over inputs[positions], in batches. The
+    outputs stay on the device until the last batch: copying each batch back would make the
+    host wait for the device at every batch."""
     model.eval()
     logits, offsets = [], []
     for start in range(0, len(positions), batch_size):
         batch = torch.from_numpy(np.array(inputs[positions[start:start + batch_size]]))
-        out_logits, out_offsets = forward(batch if device is None else batch.to(device))
-        logits.append(out_logits.float().cpu().numpy())
+        out_logits, out_offsets = forward(batch if device is None
+                                          else batch.to(device, non_blocking=True))
+        logits.append(out_logits.float())
         if out_offsets is not None:
-            offsets.append(out_offsets.float().cpu().numpy())
+            offsets.append(out_offsets.float())
     if not logits:
         return np.zeros((0, 0), dtype=np.float32), None
-    return np.concatenate(logits), np.concatenate(offsets) if offsets else None
+    return (torch.cat(logits).cpu().numpy(),
+            torch.cat(offsets).cpu().numpy() if offsets else None)

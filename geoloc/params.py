@@ -218,7 +218,9 @@ class TrainParams:
     warmup_epochs: float = knob(min=0.0, max=100.0)
     augment: bool = knob()
     workers: int = knob(min=0, max=64)
-    precision: str = knob(choices=PRECISIONS)
+    precision: str = knob(choices=PRECISIONS, auto=True)
+    compile: bool = knob()
+    deterministic: bool = knob()
     multiscale: bool = knob()
     resume: bool = knob()
 
@@ -368,7 +370,7 @@ def _scalar(hint: type, value, key: str, meta):
 
 def _check_range(value, key: str, meta) -> None:
     if meta.get("choices") is not None and value not in meta["choices"]:
-        allowed = ", ".join(str(c) for c in meta["choices"])
+        allowed = ", ".join(str(c) for c in (*meta["choices"], *([AUTO] if meta["auto"] else [])))
         raise ParamsError(f"{key}: {value!r} is not one of {allowed}")
     if meta.get("min") is not None and value < meta["min"]:
         raise ParamsError(f"{key}: {value!r} is below the minimum {meta['min']}")

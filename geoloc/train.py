@@ -37,10 +37,11 @@ from geoloc.io import atomic_path
 from geoloc.losses import build_loss
 from geoloc.models import GeoNet
 from geoloc.outputs import split_outputs
-from geoloc.params import LossParams, TrainParams
+from geoloc.params import LossParams, TrainParams, is_auto
 
 log = logging.getLogger(__name__)
 
+CPU = torch.device("cpu")
 PRECISIONS = registry(choices.PRECISIONS,
                       {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16})
 
@@ -85,15 +86,34 @@ def stop_distributed(dist: Dist) -> None:
         torch.distributed.destroy_process_group()
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed every generator; with `deterministic`, ask for deterministic kernels (cuDNN's and
+    cuBLAS's included), else let cuDNN time its kernels and keep the fastest."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if deterministic:
+        # cuBLAS is deterministic only with a fixed workspace, set before its first call.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """The precision training runs in. `auto` is bf16 on a CUDA device that has it (half
+    precision's speed without fp16's loss scaling) and fp32 on a CPU, where bf16's speed
+    depends on the chip's instructions (AMX makes it faster, see metrics/bench.json) and fp32
+    keeps CPU runs comparable with each other; `bf16` asks for it there."""
+    if is_auto(name):
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise GeolocError("train.precision fp16 needs a CUDA device; use bf16 on a CPU")
+    return name
 
 
 def fingerprint(params: dict, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
@@ -114,44 +134,28 @@ def fit(model: GeoNet, train: dict[int, CachedSplit] | FeatureSplit,
         val: CachedSplit | FeatureSplit, cells: pd.DataFrame,
         cfg: TrainParams, loss_cfg: LossParams, live, *, resume_path: Path | None = None,
         stamp: str = "", dist: Dist | None = None) -> dict:
-    """Train in place and load the best epoch's weights back; returns that epoch's figures.
+    """Train in place and load the best epoch's weights back; returns that epoch's figures,
+    with the device and the precision it trained in.
 
     `train` holds the train split cached at each size (the first is the model's input size)
     or, for a frozen backbone, its features (the features stage's), and `val` likewise; `live`
     is a DVCLive Live (or anything with log_metric and next_step); `resume_path` is where the
     per-epoch checkpoint lives, `stamp` the fingerprint it must carry.
     """
-    dist = dist or Dist()
-    device = pick_device()
-    autocast_dtype = PRECISIONS[cfg.precision]
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise GeolocError("train.precision fp16 needs a CUDA device; use bf16 on a CPU")
-    model.to(device)
-    criterion = build_loss(loss_cfg, cells).to(device)
-    if model.frozen:
-        batches, sizes = _FeatureBatches(train, cfg, dist), [None]
-    else:
-        batches, sizes = _ImageBatches(train, cfg, dist), list(train)
-    step = _TrainStep(model, criterion, device, autocast_dtype, dist, cfg.grad_clip)
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
-    total = cfg.epochs * batches.steps_per_epoch
-    warmup = round(cfg.warmup_epochs * batches.steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, total))
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-
+    loop = TrainLoop(model, train, cells, cfg, loss_cfg, dist)
+    dist = loop.dist
     state = State()
     if cfg.resume and resume_path is not None:
-        state = _resume(resume_path, stamp, model, optimizer, scheduler, scaler, live)
+        state = _resume(resume_path, stamp, loop, live)
     for epoch in range(state.epoch, cfg.epochs):
         started = time.perf_counter()
-        size = sizes[epoch % len(sizes)] if cfg.multiscale else sizes[0]
-        train_loss = step.epoch(batches.of_epoch(epoch, size), batches.steps_per_epoch,
-                                optimizer, scheduler, scaler, epoch, cfg.seed)
+        train_loss = loop.epoch(epoch)
         figures = _agreed({"epoch": epoch, "train_loss": train_loss,
-                           **evaluate_split(model, val, cells, device)}, dist)
+                           **evaluate_split(model, val, cells, loop.device)}, dist)
         state.history.append(figures)
         _log_epoch(live, figures, dist)
         if dist.main:
+            size = loop.size(epoch)
             log.info("epoch %d (%s): loss %.3f, val accuracy %.3f, val median %.2f km "
                      "(%.1f s)", epoch, "features" if size is None else f"{size} px", train_loss,
                      figures["val_accuracy"],
@@ -163,14 +167,88 @@ def fit(model: GeoNet, train: dict[int, CachedSplit] | FeatureSplit,
             state.stale += 1
         state.epoch = epoch + 1
         if dist.main and resume_path is not None:
-            _save_resume(resume_path, stamp, model, optimizer, scheduler, scaler, state)
+            save_resume(resume_path, stamp, loop, state)
         if state.stale >= cfg.patience:
             log.info("early stop: no better val median km for %d epochs", cfg.patience)
             break
     model.load_state_dict(state.best_state)
-    model.to("cpu")
+    model.to("cpu", memory_format=torch.contiguous_format)
     return {"best_epoch": state.best["epoch"], "epochs_run": state.epoch,
+            "device": loop.device.type, "precision": loop.precision,
             **{k: v for k, v in state.best.items() if k != "epoch"}}
+
+
+class TrainLoop:
+    """What training epochs need on the training device: the batches that come to it, the
+    model's step, AdamW and its schedule. `fit` adds validation, early stopping and checkpoints
+    around it; bench/train.py times it alone."""
+
+    def __init__(self, model: GeoNet, train: dict[int, CachedSplit] | FeatureSplit,
+                 cells: pd.DataFrame, cfg: TrainParams, loss_cfg: LossParams,
+                 dist: Dist | None = None):
+        self.model, self.dist, self.seed = model, dist or Dist(), cfg.seed
+        self.device = pick_device()
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.dtype = PRECISIONS[self.precision]
+        model.to(self.device)
+        if self.device.type == "cuda":
+            # Every backbone is convolutional: NHWC weights let cuDNN take its fastest kernels,
+            # and the uint8 batches are NHWC already.
+            model.to(memory_format=torch.channels_last)
+        self.criterion = build_loss(loss_cfg, cells).to(self.device)
+        if model.frozen:
+            self.batches, self.sizes = _FeatureBatches(train, cfg, self.dist, self.device), [None]
+        else:
+            self.batches = _ImageBatches(train, cfg, self.dist, self.device)
+            self.sizes = list(train)
+        self.multiscale, self.grad_clip = cfg.multiscale, cfg.grad_clip
+        self.outputs = _Outputs(model)
+        if self.dist.world > 1:
+            self.outputs = nn.parallel.DistributedDataParallel(self.outputs)
+        if cfg.compile:
+            self.outputs = torch.compile(self.outputs)
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
+        steps = self.batches.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _warmup_cosine(round(cfg.warmup_epochs * steps), cfg.epochs * steps))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+
+    def size(self, epoch: int) -> int | None:
+        """The image size of the epoch (None: features)."""
+        return self.sizes[epoch % len(self.sizes)] if self.multiscale else self.sizes[0]
+
+    def epoch(self, epoch: int) -> float:
+        """Train one epoch, in its own order and with its own draws; its mean loss."""
+        batches = self.batches.of_epoch(epoch, self.size(epoch))
+        return self.steps(batches, self.batches.steps_per_epoch, epoch)
+
+    def steps(self, batches, count: int, epoch: int) -> float:
+        """A step on each (inputs, labels, points) batch, already on the device; the mean
+        loss. The loss adds up on the device: reading it each step would make the host wait
+        for the device every step."""
+        torch.manual_seed(_epoch_seed(self.seed, epoch, 2) + 7 * self.dist.rank)   # dropout
+        self.model.train()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        images = 0
+        for inputs, labels, points in tqdm(batches, total=count, desc=f"epoch {epoch}",
+                                           unit="batch", leave=False, mininterval=2):
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(self.device.type, dtype=self.dtype,
+                                enabled=self.dtype is not None):
+                logits, offsets = self.outputs(inputs)
+            loss, _ = self.criterion(logits.float(), labels, points,
+                                     None if offsets is None else offsets.float(),
+                                     self.model.head_weight)
+            self.scaler.scale(loss).backward()
+            if self.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)   # clip the true gradients, not scaled ones
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            total += loss.detach().double() * len(labels)
+            images += len(labels)
+        return total.item() / max(images, 1)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -206,16 +284,26 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return (seed * 1_000_003 + epoch) * 8 + stream
 
 
-class _ImageBatches:
-    """Batches of cached images, at the epoch's size, with the augmentation they get."""
+def _to(device: torch.device, batch: tuple) -> tuple:
+    # Without blocking: on CUDA the loader's batches are in pinned memory, so the copy runs
+    # beside the host's work on the next batch.
+    return tuple(t.to(device, non_blocking=True) for t in batch)
 
-    def __init__(self, train: dict[int, CachedSplit], cfg: TrainParams, dist: Dist):
+
+class _ImageBatches:
+    """Batches of cached images at the epoch's size, moved to the training device and
+    augmented there. The augmentation's draws come from a CPU generator seeded per epoch, so
+    they are the same on every device, and a resumed run makes the same ones."""
+
+    def __init__(self, train: dict[int, CachedSplit], cfg: TrainParams, dist: Dist,
+                 device: torch.device = CPU):
+        self.device = device
         self.generator = torch.Generator()
         self.loaders = {size: cache_loader(split, cfg.batch_size, shuffle=True,
                                            generator=self.generator, workers=cfg.workers,
                                            rank=dist.rank, world=dist.world)
                         for size, split in train.items()}
-        self.augment = BatchAugment() if cfg.augment else None
+        self.augment = BatchAugment().to(device) if cfg.augment else None
         self.augment_generator = torch.Generator()
         self.seed, self.rank = cfg.seed, dist.rank
         self.steps_per_epoch = len(next(iter(self.loaders.values())))
@@ -224,7 +312,8 @@ class _ImageBatches:
         # The order is one for all ranks (each takes its share); crops differ per rank.
         self.generator.manual_seed(_epoch_seed(self.seed, epoch, 0))
         self.augment_generator.manual_seed(_epoch_seed(self.seed, epoch, 1) + 7 * self.rank)
-        for images, labels, points in self.loaders[size]:
+        for batch in self.loaders[size]:
+            images, labels, points = _to(self.device, batch)
             if self.augment is not None:
                 images = self.augment(images, self.augment_generator)
             yield images, labels, points
@@ -235,7 +324,9 @@ class _FeatureBatches:
     augmentation: they are computed once), served in shuffled batches. Under DDP every rank
     gets as many batches (the order is padded by wrapping), as the image batches do."""
 
-    def __init__(self, train: FeatureSplit, cfg: TrainParams, dist: Dist):
+    def __init__(self, train: FeatureSplit, cfg: TrainParams, dist: Dist,
+                 device: torch.device = CPU):
+        self.device = device
         rows = train.rows
         self.features = torch.from_numpy(np.array(train.features[rows["feature_row"]]))
         self.labels = torch.tensor(rows["label"].to_numpy())
@@ -251,7 +342,7 @@ class _FeatureBatches:
         order = order[self.dist.rank::self.dist.world]
         for start in range(0, len(order), self.batch_size):
             take = order[start:start + self.batch_size]
-            yield self.features[take], self.labels[take], self.points[take]
+            yield _to(self.device, (self.features[take], self.labels[take], self.points[take]))
 
 
 class _Outputs(nn.Module):
@@ -266,44 +357,6 @@ class _Outputs(nn.Module):
         if self.model.frozen:
             return self.model.head_forward(inputs)
         return self.model.forward_train(inputs)
-
-
-class _TrainStep:
-    def __init__(self, model: GeoNet, criterion, device, dtype, dist: Dist,
-                 grad_clip: float | None = None):
-        self.model, self.criterion, self.device, self.dtype = model, criterion, device, dtype
-        self.grad_clip = grad_clip
-        self.outputs = _Outputs(model)
-        self.rank = dist.rank
-        if dist.world > 1:
-            self.outputs = nn.parallel.DistributedDataParallel(self.outputs)
-
-    def epoch(self, batches, steps: int, optimizer, scheduler, scaler, epoch: int,
-              seed: int) -> float:
-        torch.manual_seed(_epoch_seed(seed, epoch, 2) + 7 * self.rank)   # dropout
-        self.model.train()
-        total, count = 0.0, 0
-        for inputs, labels, points in tqdm(batches, total=steps, desc=f"epoch {epoch}",
-                                           unit="batch", leave=False, mininterval=2):
-            inputs, labels, points = (t.to(self.device, non_blocking=True)
-                                      for t in (inputs, labels, points))
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, dtype=self.dtype,
-                                enabled=self.dtype is not None):
-                logits, offsets = self.outputs(inputs)
-            loss, _ = self.criterion(logits.float(), labels, points,
-                                     None if offsets is None else offsets.float(),
-                                     self.model.head_weight)
-            scaler.scale(loss).backward()
-            if self.grad_clip is not None:
-                scaler.unscale_(optimizer)   # clip the true gradients, not the scaled ones
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total += loss.item() * len(labels)
-            count += len(labels)
-        return total / max(count, 1)
 
 
 def evaluate_split(model: GeoNet, split: CachedSplit | FeatureSplit, cells: pd.DataFrame,
@@ -327,17 +380,17 @@ def _log_epoch(live, figures: dict, dist: Dist) -> None:
     live.next_step()
 
 
-def _save_resume(path: Path, stamp: str, model, optimizer, scheduler, scaler,
-                 state: State) -> None:
-    checkpoint = {"fingerprint": stamp, "model": model.state_dict(),
-                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                  "scaler": scaler.state_dict(), "state": state.__dict__}
+def save_resume(path: Path, stamp: str, loop: TrainLoop, state: State) -> None:
+    checkpoint = {"fingerprint": stamp, "model": loop.model.state_dict(),
+                  "optimizer": loop.optimizer.state_dict(),
+                  "scheduler": loop.scheduler.state_dict(), "scaler": loop.scaler.state_dict(),
+                  "state": state.__dict__}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
 
-def _resume(path: Path, stamp: str, model, optimizer, scheduler, scaler, live) -> State:
+def _resume(path: Path, stamp: str, loop: TrainLoop, live) -> State:
     """The state saved after the last finished epoch, when it was written for this very run;
     a checkpoint of other params, data or cells is refused (and left for its own run)."""
     if not path.exists():
@@ -347,10 +400,10 @@ def _resume(path: Path, stamp: str, model, optimizer, scheduler, scaler, live) -
         log.warning("not resuming from %s: it was written for other params, data or cells; "
                     "training from the start", path)
         return State()
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    scaler.load_state_dict(checkpoint["scaler"])
+    loop.model.load_state_dict(checkpoint["model"])
+    loop.optimizer.load_state_dict(checkpoint["optimizer"])
+    loop.scheduler.load_state_dict(checkpoint["scheduler"])
+    loop.scaler.load_state_dict(checkpoint["scaler"])
     state = State(**checkpoint["state"])
     for figures in state.history:   # DVC removed the metrics of the killed run: replay them
         _log_epoch(live, figures, Dist())

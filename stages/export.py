@@ -66,7 +66,8 @@ def main() -> None:
         figures = export_model(model, cells, size, check, tmp, params.export.opset, spec)
         write_json(checkpoint["params"], tmp / "params.json")
         write_json({"evaluate": evaluation, "export": figures}, tmp / "metrics.json")
-        (tmp / "MODEL_CARD.md").write_text(model_card(checkpoint["params"], evaluation, data,
+        (tmp / "MODEL_CARD.md").write_text(model_card(checkpoint["params"],
+                                                      checkpoint["summary"], evaluation, data,
                                                       figures, spec))
         figures.update(latency_figures(model, tmp, check))
     write_json(figures, args.metrics)

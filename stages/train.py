@@ -63,7 +63,7 @@ def main() -> None:
         val = load_cache(args.cache, "val", size, rows["val"])
         train_rows = train[size].rows
 
-    seed_everything(params.train.seed)
+    seed_everything(params.train.seed, params.train.deterministic)
     model = build_model(params.model, len(cells))
     stamp = fingerprint(as_dict(params), train_rows, val.rows, cells)
     resume = Path(args.resume)
@@ -81,7 +81,8 @@ def main() -> None:
         resume.unlink(missing_ok=True)  # finished: nothing left to resume
         minutes = (time.perf_counter() - started) / 60
         write_json({"train_minutes": minutes, "epochs_run": summary["epochs_run"],
-                    "minutes_per_epoch": minutes / summary["epochs_run"]}, args.time)
+                    "minutes_per_epoch": minutes / summary["epochs_run"],
+                    "device": summary["device"], "precision": summary["precision"]}, args.time)
         log.info("best epoch %d: val median %.2f km", summary["best_epoch"],
                  summary["val_median_km"])
 

@@ -2,6 +2,7 @@
 learning-rate schedule. Resume and torchrun run end to end in test_pipeline.py."""
 
 import logging
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -11,12 +12,15 @@ import torch
 from conftest import tiny_params
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from geoloc.data.augment import BatchAugment
 from geoloc.data.cache import CachedSplit
 from geoloc.data.features import FeatureSplit
+from geoloc.data.loader import cache_loader
 from geoloc.errors import GeolocError
 from geoloc.models import build_model
 from geoloc.train import (
     Dist,
+    _epoch_seed,
     _FeatureBatches,
     _ImageBatches,
     _warmup_cosine,
@@ -99,6 +103,66 @@ def test_bf16_autocast_trains_on_a_cpu():
 
     assert dtypes_seen("bf16") == {torch.bfloat16}
     assert dtypes_seen("fp32") == {torch.float32}
+
+
+def test_auto_precision_is_fp32_on_a_cpu_and_recorded():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: auto is bf16 where it has it")
+    _, _, summary = train(precision="auto")
+    assert (summary["device"], summary["precision"]) == ("cpu", "fp32")
+    _, _, summary = train(precision="bf16")
+    assert (summary["device"], summary["precision"]) == ("cpu", "bf16")
+
+
+def test_batches_cross_to_the_device_as_uint8_and_are_augmented_there():
+    """What the loader hands over crosses to the training device as it is (uint8), and the
+    augmentation runs there: here on the meta device (shapes and dtypes, no data). Its draws
+    come from the epoch's CPU generator whatever the device, so a CPU run augments exactly
+    as augmenting the loader's batches with that generator does."""
+    cfg = replace(PARAMS.train, batch_size=16)
+    images = split(32)
+    seen = []
+    on_meta = _ImageBatches({32: images}, cfg, Dist(), torch.device("meta"))
+    on_meta.augment.register_forward_pre_hook(
+        lambda module, args: seen.append((args[0].device.type, args[0].dtype)))
+    batches = list(on_meta.of_epoch(0, 32))
+    assert seen == [("meta", torch.uint8)] * 3
+    assert {(t.device.type, t.dtype) for t, _, _ in batches} == {("meta", torch.float32)}
+
+    on_cpu = _ImageBatches({32: images}, cfg, Dist())
+    got = [b[0] for b in on_cpu.of_epoch(0, 32)]
+    assert on_cpu.augment_generator.get_state().equal(on_meta.augment_generator.get_state())
+    order = torch.Generator().manual_seed(_epoch_seed(cfg.seed, 0, 0))
+    draws = torch.Generator().manual_seed(_epoch_seed(cfg.seed, 0, 1))
+    expected = [BatchAugment()(batch, draws) for batch, _, _ in
+                cache_loader(images, 16, shuffle=True, generator=order)]
+    assert len(got) == len(expected) == 3
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_the_deterministic_switch(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        seed_everything(0, deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        seed_everything(0)
+
+
+def test_train_compile_trains_through_torch_compile():
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    model, before, summary = train(compile=True)
+    assert counters["frames"]["ok"] > 0          # dynamo compiled the step's forward
+    assert summary["val_accuracy"] > 0.5
+    assert not torch.equal(before["head.classifier.weight"], model.head_weight)
 
 
 def test_fp16_needs_cuda():

@@ -30,7 +30,9 @@ class BatchAugment(nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, size = images.shape[0], images.shape[1]
-        draws = torch.rand(b, 7, generator=generator).to(images.device)
+        # Drawn on the CPU whatever the device (the same draws everywhere); copied without
+        # making the host wait for the device.
+        draws = torch.rand(b, 7, generator=generator).to(images.device, non_blocking=True)
         x = images.permute(0, 3, 1, 2).float()
         x = F.grid_sample(x, self._crop_grids(draws[:, :4], b, size), mode="bilinear",
                           padding_mode="border", align_corners=False)
