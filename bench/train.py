@@ -8,7 +8,8 @@ precision the device runs, in images per second,
   load_cache): loader, transfer, augmentation on the device, step. The first epoch warms up
   (cuDNN's choices, torch.compile, the page cache) and is not counted;
 - val and checkpoint, timed apart as the train stage runs them after each epoch: validation
-  over the same cache (evaluate_split) and the resume checkpoint (save_resume).
+  over the same cache (evaluate_split, in fp32 whatever the training precision) and the
+  resume checkpoint (save_resume, with the best epoch's copy of the weights).
 
 Everything else comes from params.yaml (model head, loss, train); the backbones start from
 random weights (the speed is the same as pretrained). It needs the library only, not DVC or
@@ -18,14 +19,15 @@ DVCLive, so a bare GPU machine runs it as one command:
     python bench/train.py --archs efficientnet_lite0 --sizes 224 --precisions bf16 --compile
     python bench/train.py --archs cnn --sizes 32 --images 64 --batch-size 16 --steps 2  # tiny
 
-Keys: train_{step,loop,val}_<arch>_<size>px_<precision>[_compile][_fast]_images_per_s,
-train_loop_over_step_<...> and train_checkpoint_<arch>_<size>px_seconds; _fast marks runs with
-train.deterministic off.
+Keys: train_{step,loop}_<arch>_<size>px_<precision>[_compile][_fast]_images_per_s,
+train_loop_over_step_<...>, train_val_<arch>_<size>px_images_per_s and
+train_checkpoint_<arch>_<size>px_seconds; _fast marks runs with train.deterministic off.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -79,6 +81,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="timed model-only steps (default: 30 on "
                                                   "CUDA, 8 on a CPU)")
     parser.add_argument("--epochs", type=int, default=2, help="timed loop epochs")
+    parser.add_argument("--workers", type=int, help="loader processes (default: train.workers)")
     parser.add_argument("--compile", action="store_true", help="train.compile on")
     parser.add_argument("--fast", action="store_true", help="train.deterministic off")
     args = parser.parse_args()
@@ -103,9 +106,9 @@ def main() -> None:
                     figures.update({f"train_step_{name}_images_per_s": measured["step"],
                                     f"train_loop_{name}_images_per_s": measured["loop"],
                                     f"train_loop_over_step_{name}":
-                                        measured["loop"] / measured["step"],
-                                    f"train_val_{name}_images_per_s": measured["val"]})
-                    figures[f"train_checkpoint_{arch}_{size}px_seconds"] = measured["checkpoint"]
+                                        measured["loop"] / measured["step"]})
+                figures[f"train_val_{arch}_{size}px_images_per_s"] = measured["val"]
+                figures[f"train_checkpoint_{arch}_{size}px_seconds"] = measured["checkpoint"]
     record(args.out, figures)
 
 
@@ -154,8 +157,12 @@ def measure(params, arch: str, precision: str, cache, cells: pd.DataFrame, args,
     size = cache.images.shape[1]
     cfg = replace(params.train, batch_size=args.batch_size, precision=precision,
                   compile=args.compile, deterministic=not args.fast, epochs=args.epochs + 1,
+                  workers=params.train.workers if args.workers is None else args.workers,
                   multiscale=False, resume=False)
     seed_everything(0, cfg.deterministic)
+    # Each configuration compiles afresh: past its recompile limit dynamo would run the
+    # model eagerly and the figure would not be compile's.
+    torch._dynamo.reset()
     model = build_model(replace(params.model, arch=arch, pretrained=False, weights_path=None,
                                 freeze_backbone=False), CELLS)
     loop = TrainLoop(model, {size: cache}, cells, cfg, params.loss)
@@ -167,8 +174,10 @@ def measure(params, arch: str, precision: str, cache, cells: pd.DataFrame, args,
     step = timed(lambda: loop.steps([batch] * args.steps, args.steps, 0))
     loop.epoch(0)
     epochs = [timed(lambda e=e: loop.epoch(e)) for e in range(1, args.epochs + 1)]
+    evaluate_split(model, cache, cells, loop.device)       # warm-up: its shapes, its kernels
     val = timed(lambda: evaluate_split(model, cache, cells, loop.device))
-    checkpoint = timed(lambda: save_resume(tmp / "last.pt", "", loop, State()))
+    state = State(best_state=copy.deepcopy(model.state_dict()))
+    checkpoint = timed(lambda: save_resume(tmp / "last.pt", "", loop, state))
     images = len(cache.rows)
     return {"step": args.steps * args.batch_size / step,
             "loop": images / statistics.median(epochs),

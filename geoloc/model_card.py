@@ -115,4 +115,3 @@ to leave the index out (the retrieval mode is then not served)."""
 def _within(recipe: dict) -> str:
     cells = recipe["within_top_cells"]
     return f", among the photos of the {cells} likeliest cells" if cells else ""
-

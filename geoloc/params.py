@@ -369,8 +369,9 @@ def _scalar(hint: type, value, key: str, meta):
 
 
 def _check_range(value, key: str, meta) -> None:
-    if meta.get("choices") is not None and value not in meta["choices"]:
-        allowed = ", ".join(str(c) for c in (*meta["choices"], *([AUTO] if meta["auto"] else [])))
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        allowed = ", ".join(str(c) for c in (*choices, *([AUTO] if meta.get("auto") else [])))
         raise ParamsError(f"{key}: {value!r} is not one of {allowed}")
     if meta.get("min") is not None and value < meta["min"]:
         raise ParamsError(f"{key}: {value!r} is below the minimum {meta['min']}")

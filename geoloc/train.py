@@ -105,12 +105,13 @@ def pick_device() -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """The precision training runs in. `auto` is bf16 on a CUDA device that has it (half
+    """The precision training runs in. `auto` is bf16 on a CUDA device that runs it natively (half
     precision's speed without fp16's loss scaling) and fp32 on a CPU, where bf16's speed
     depends on the chip's instructions (AMX makes it faster, see metrics/bench.json) and fp32
     keeps CPU runs comparable with each other; `bf16` asks for it there."""
     if is_auto(name):
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bf16" if native else "fp32"
     if name == "fp16" and device.type != "cuda":
         raise GeolocError("train.precision fp16 needs a CUDA device; use bf16 on a CPU")
     return name
@@ -122,6 +123,8 @@ def fingerprint(params: dict, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
     the data it saw and the cell table it predicts."""
     shaping = {section: params[section] for section in ("model", "loss", "train")}
     shaping["train"] = {k: v for k, v in shaping["train"].items() if k not in ("resume", "workers")}
+    # `auto` is one precision on a GPU and another on a CPU: a run resumes in the one it began.
+    shaping["precision"] = resolve_precision(params["train"]["precision"], pick_device())
     shaping["inputs"] = (params["features"] if params["model"]["freeze_backbone"]
                          else params["cache"]["sizes"])
     shaping["train_ids"] = ids_digest(train_rows)
@@ -286,7 +289,7 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
 
 def _to(device: torch.device, batch: tuple) -> tuple:
     # Without blocking: on CUDA the loader's batches are in pinned memory, so the copy runs
-    # beside the host's work on the next batch.
+    # beside the host's work on the next batch (from pageable memory it is merely staged).
     return tuple(t.to(device, non_blocking=True) for t in batch)
 
 
@@ -328,9 +331,11 @@ class _FeatureBatches:
                  device: torch.device = CPU):
         self.device = device
         rows = train.rows
-        self.features = torch.from_numpy(np.array(train.features[rows["feature_row"]]))
-        self.labels = torch.tensor(rows["label"].to_numpy())
-        self.points = torch.tensor(rows[["lat", "lon"]].to_numpy(np.float32))
+        # On the device once (a few hundred MB at 100k photos), so a batch is an index there.
+        self.features, self.labels, self.points = _to(device, (
+            torch.from_numpy(np.array(train.features[rows["feature_row"]])),
+            torch.tensor(rows["label"].to_numpy()),
+            torch.tensor(rows[["lat", "lon"]].to_numpy(np.float32))))
         self.batch_size, self.seed, self.dist = cfg.batch_size, cfg.seed, dist
         self.share = -(-len(self.labels) // dist.world)
         self.steps_per_epoch = -(-self.share // self.batch_size)
@@ -339,10 +344,10 @@ class _FeatureBatches:
         generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch, 0))
         order = torch.randperm(len(self.labels), generator=generator)
         order = torch.cat([order, order[:self.share * self.dist.world - len(order)]])
-        order = order[self.dist.rank::self.dist.world]
+        order = order[self.dist.rank::self.dist.world].to(self.device)
         for start in range(0, len(order), self.batch_size):
             take = order[start:start + self.batch_size]
-            yield _to(self.device, (self.features[take], self.labels[take], self.points[take]))
+            yield self.features[take], self.labels[take], self.points[take]
 
 
 class _Outputs(nn.Module):

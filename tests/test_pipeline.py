@@ -192,6 +192,11 @@ def test_export_snapshot_stands_alone_and_is_timed(repo):
     assert json.loads((snapshot / "params.json").read_text())["model"]["arch"] == "cnn"
     card = (snapshot / "MODEL_CARD.md").read_text()
     assert f"{evaluation['median_km']:.3g} km" in card and "synthetic world" in card
+    trained = json.loads((repo / "metrics/train_time.json").read_text())
+    if not torch.cuda.is_available():       # train.precision auto: fp32 on a CPU
+        assert (trained["device"], trained["precision"]) == ("cpu", "fp32")
+    assert (f"trained on {trained['device']} in {trained['precision']} (train.precision "
+            f"`auto`)") in " ".join(card.split())
     assert "The feature index holds the training photos' positions" in card
     assert f"{spec['retrieval']['photos']:,} of them" in card
     export = json.loads((repo / "metrics/export.json").read_text())
