@@ -378,6 +378,9 @@ def test_training_resumes_after_a_kill_and_ends_where_it_would_have(repo, tmp_pa
 
     whole = torch.load(work / "models/whole.pt", weights_only=True)
     again = torch.load(work / "models/killed.pt", weights_only=True)
+    trained_in = ("device", "precision")
+    assert [again["summary"].pop(key) for key in trained_in] == [
+        whole["summary"].pop(key) for key in trained_in]
     assert again["summary"] == pytest.approx(whole["summary"], rel=1e-4)
     for name, tensor in whole["state_dict"].items():
         assert torch.allclose(tensor.float(), again["state_dict"][name].float(), atol=1e-5), name
