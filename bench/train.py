@@ -54,6 +54,7 @@ from geoloc.train import (  # noqa: E402
     TrainLoop,
     evaluate_split,
     pick_device,
+    resolve_precision,
     save_resume,
     seed_everything,
 )
@@ -115,7 +116,8 @@ def main() -> None:
 def device_precisions(device: torch.device) -> list[str]:
     if device.type != "cuda":
         return ["fp32", "bf16"]
-    return ["fp32", *(["bf16"] if torch.cuda.is_bf16_supported() else []), "fp16"]
+    # bf16 where training's `auto` would take it: native, not emulated.
+    return ["fp32", *(["bf16"] if resolve_precision("auto", device) == "bf16" else []), "fp16"]
 
 
 def device_name(device: torch.device) -> str:

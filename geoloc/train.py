@@ -192,7 +192,6 @@ class TrainLoop:
         self.model, self.dist, self.seed = model, dist or Dist(), cfg.seed
         self.device = pick_device()
         self.precision = resolve_precision(cfg.precision, self.device)
-        self.dtype = PRECISIONS[self.precision]
         model.to(self.device)
         if self.device.type == "cuda":
             # Every backbone is convolutional: NHWC weights let cuDNN take its fastest kernels,
@@ -231,13 +230,13 @@ class TrainLoop:
         for the device every step."""
         torch.manual_seed(_epoch_seed(self.seed, epoch, 2) + 7 * self.dist.rank)   # dropout
         self.model.train()
+        dtype = PRECISIONS[self.precision]
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         images = 0
         for inputs, labels, points in tqdm(batches, total=count, desc=f"epoch {epoch}",
                                            unit="batch", leave=False, mininterval=2):
             self.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, dtype=self.dtype,
-                                enabled=self.dtype is not None):
+            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                 logits, offsets = self.outputs(inputs)
             loss, _ = self.criterion(logits.float(), labels, points,
                                      None if offsets is None else offsets.float(),
