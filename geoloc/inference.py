@@ -23,7 +23,8 @@ the predictor of a snapshot rebuilds it and answers with it. No torch here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -38,11 +39,26 @@ from geoloc.geo import haversine_km, mean_point, shift_km
 class Outputs:
     """What inference starts from, for a split's rows (in order): the classifier's logits,
     the hybrid head's offsets (or None) and the backbone features retrieval searches with (or
-    None)."""
-    rows: pd.DataFrame
+    None). Only the sequence modes read the rows: a served photo in another mode has None."""
+    rows: pd.DataFrame | None
     logits: np.ndarray
     offsets: np.ndarray | None = None
     features: np.ndarray | None = None
+
+
+class ClassTable:
+    """The class table ordered by label, with the arrays every mode reads, made once: a served
+    photo then pays for none of it (the pandas work would hold the GIL the server's other
+    threads need)."""
+
+    def __init__(self, cells: pd.DataFrame):
+        self.table = cells.set_index("label").sort_index()
+        self.lat = self.table["lat"].to_numpy()
+        self.lon = self.table["lon"].to_numpy()
+
+    @cached_property
+    def levels(self) -> dict[int, np.ndarray]:
+        return hierarchy_levels(self.table.reset_index())
 
 
 @dataclass
@@ -58,6 +74,10 @@ class Recipe:
     index: object = None
     neighbours: int = 10
     within_top_cells: int = 0
+    classes: ClassTable = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.classes = ClassTable(self.cells)
 
     def settings(self) -> dict:
         """What the evaluate stage fixed, as a snapshot stores it (cells and index apart)."""
@@ -83,8 +103,8 @@ class Recipe:
 
             return retrieval_points(self.index, outputs.features, log_probs, self.neighbours,
                                     self.within_top_cells)
-        return mode_points(mode, log_probs, outputs.offsets, self.cells, outputs.rows,
-                           self.top_k)
+        return _mode_points(mode, log_probs, outputs.offsets, self.classes, outputs.rows,
+                            self.top_k)
 
     def probabilities(self, mode: str, outputs: Outputs) -> np.ndarray:
         """N x K: the cell probabilities a mode's answer comes with. The sequence modes' are
@@ -146,8 +166,13 @@ def mode_points(mode: str, log_probs: np.ndarray, offsets: np.ndarray | None,
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(label, lat, lon) per row of `rows` (in the order of `log_probs`) under `mode`. The
     label is the cell whose point was chosen, or -1 where the point is no cell's (topk_mean)."""
-    table = cells.set_index("label").sort_index()
-    points = table["lat"].to_numpy(), table["lon"].to_numpy()
+    return _mode_points(mode, log_probs, offsets, ClassTable(cells), rows, top_k)
+
+
+def _mode_points(mode: str, log_probs: np.ndarray, offsets: np.ndarray | None,
+                 classes: ClassTable, rows: pd.DataFrame | None, top_k: int,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    points = classes.lat, classes.lon
     if mode == "topk_mean":
         top = _top(log_probs, top_k)
         weights = _renormalised(log_probs, top)
@@ -159,18 +184,18 @@ def mode_points(mode: str, log_probs: np.ndarray, offsets: np.ndarray | None,
         best = log_probs.argmax(axis=1)
         east, north = offsets[np.arange(len(best)), best].T
         return best, *shift_km(points[0][best], points[1][best], east, north)
-    label = _mode_labels(mode, log_probs, points, table, rows, top_k)
+    label = _mode_labels(mode, log_probs, classes, rows, top_k)
     return label, points[0][label], points[1][label]
 
 
-def _mode_labels(mode: str, log_probs: np.ndarray, points, table: pd.DataFrame,
-                 rows: pd.DataFrame, top_k: int) -> np.ndarray:
+def _mode_labels(mode: str, log_probs: np.ndarray, classes: ClassTable,
+                 rows: pd.DataFrame | None, top_k: int) -> np.ndarray:
     if mode == "argmax":
         return log_probs.argmax(axis=1)
     if mode == "topk":
-        return topk_medoid(log_probs, *points, top_k)
+        return topk_medoid(log_probs, classes.lat, classes.lon, top_k)
     if mode == "hierarchical":
-        return hierarchical_labels(log_probs, table.reset_index())
+        return hierarchical_labels(log_probs, classes.levels)
     if mode in SEQUENCE_MODES:
         return sequence_labels(log_probs, rows, online=mode == "sequence_online")
     if mode == "retrieval":
@@ -190,12 +215,13 @@ def topk_medoid(log_probs: np.ndarray, lat: np.ndarray, lon: np.ndarray, k: int)
     return top[np.arange(len(top)), expected.argmin(axis=1)]
 
 
-def hierarchical_labels(log_probs: np.ndarray, cells: pd.DataFrame) -> np.ndarray:
-    """From the coarsest resolution down: keep the cells of the parent with the most summed
-    probability among those still kept, then the likeliest cell left."""
+def hierarchical_labels(log_probs: np.ndarray, levels: dict[int, np.ndarray]) -> np.ndarray:
+    """From the coarsest resolution down (`levels`: hierarchy_levels of the class table): keep
+    the cells of the parent with the most summed probability among those still kept, then the
+    likeliest cell left."""
     probs = np.exp(log_probs)
     kept = np.ones_like(probs, dtype=bool)
-    for _, groups in sorted(hierarchy_levels(cells).items()):
+    for _, groups in sorted(levels.items()):
         mass = np.zeros((len(probs), groups.max() + 1))
         np.add.at(mass.T, groups, np.where(kept, probs, 0.0).T)
         kept &= groups[None, :] == mass.argmax(axis=1)[:, None]

@@ -50,7 +50,10 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, snapshot: Path | str):
+    def __init__(self, snapshot: Path | str, threads: int | None = None):
+        """`threads`: ONNX Runtime's threads per inference (None: one per core). A server that
+        answers requests in parallel wants 1: a session's own pool of threads then spins
+        between a request's runs on the cores the other requests are decoding on."""
         snapshot = Path(snapshot)
         for name in (MODEL_NAME, CELLS_NAME, SPEC_NAME):
             if not (snapshot / name).exists():
@@ -64,14 +67,14 @@ class Predictor:
             raise GeolocError(f"{snapshot} is a snapshot of format {found}; this geoloc reads "
                               f"format {SNAPSHOT_FORMAT}: {what}")
         self.cells = json.loads((snapshot / CELLS_NAME).read_text())
-        self.session = onnx_session(snapshot / MODEL_NAME)
+        self.session = onnx_session(snapshot / MODEL_NAME, threads)
         retrieval = self.spec.get("retrieval")
         index, self.features_session = None, None
         if retrieval is not None:
             from geoloc.retrieval import RetrievalIndex  # faiss loads only with an index
 
             index = RetrievalIndex.load(snapshot / RETRIEVAL_INDEX)
-            self.features_session = onnx_session(snapshot / FEATURES_MODEL)
+            self.features_session = onnx_session(snapshot / FEATURES_MODEL, threads)
         self.recipe = Recipe(pd.DataFrame(self.cells), index=index, **self.spec["recipe"])
         self.modes = available_modes("offsets" in self.spec["outputs"], index is not None)
         self.mode = self._mode(self.spec["mode"])
@@ -83,9 +86,8 @@ class Predictor:
         captured_at, view_group; image_id) or, without them, the photos as one drive, their
         EXIF capture times telling views of one place apart from the drive's other places."""
         mode = self._mode(mode)
-        if rows is None:
-            rows = (drive_rows(photos) if mode in SEQUENCE_MODES
-                    else pd.DataFrame({"image_id": [str(i) for i in range(len(photos))]}))
+        if rows is None and mode in SEQUENCE_MODES:
+            rows = drive_rows(photos)
         outputs = self.outputs(photos, rows, features=mode == "retrieval")
         label, lat, lon = self.recipe.points(mode, outputs)
         probs = self.recipe.probabilities(mode, outputs)
@@ -94,10 +96,10 @@ class Predictor:
 
     def outputs(self, photos: list[Photo], rows: pd.DataFrame | None = None,
                 features: bool = False) -> Outputs:
-        """The model's outputs for the photos, one row of `rows` each (default: the photos
-        as one drive), and the backbone's features if asked."""
+        """The model's outputs for the photos, with their `rows` (None: only the modes that
+        read no rows can use them), and the backbone's features if asked."""
         results = _run(self.session, photos, self.spec["image_size"])
-        return Outputs(drive_rows(photos) if rows is None else rows, results[0],
+        return Outputs(rows, results[0],
                        results[1] if len(results) > 1 else None,
                        self._features(photos) if features else None)
 
@@ -141,8 +143,10 @@ def drive_rows(photos: list[Photo]) -> pd.DataFrame:
                          "sequence_id": "query", "captured_at": times})
 
 
-def onnx_session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def onnx_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0   # 0: ONNX Runtime's default, one per core
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _open(photo: Photo) -> Image.Image:

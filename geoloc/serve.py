@@ -97,7 +97,9 @@ def create_app(snapshot: Path | str, *, max_upload_bytes: int = 20 * MB,
                max_pixels: int = 50_000_000, timeout_s: float = 30.0) -> FastAPI:
     snapshot = Path(snapshot)
     Image.init()  # registers every decoder, so that Image.open(formats=...) knows WEBP
-    predictor = Predictor(snapshot)
+    # Requests run in parallel on a pool of one thread per core, so each inference runs on its
+    # request's thread alone (Predictor's `threads`).
+    predictor = Predictor(snapshot, threads=1)
     boundaries = {c["cell"]: [list(p) for p in h3.cell_to_boundary(c["cell"])]
                   for c in predictor.cells}
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels,

@@ -52,3 +52,18 @@ def test_a_snapshot_of_another_format_is_refused(tiny_snapshot, tmp_path):
     with pytest.raises(GeolocError, match="snapshot of format 1; this geoloc reads format 2: "
                                           r"export it again \(dvc repro export\)"):
         Predictor(old)
+
+
+def test_a_server_predictor_runs_each_inference_on_its_callers_thread(retrieval_snapshot,
+                                                                     tmp_path):
+    """`geoloc serve` answers requests on a pool of one thread per core: its sessions must not
+    each keep a pool of their own (they spin on the cores the other requests decode on)."""
+    served, alone = Predictor(retrieval_snapshot, threads=1), Predictor(retrieval_snapshot)
+    for session in (served.session, served.features_session):
+        assert session.get_session_options().intra_op_num_threads == 1
+    assert alone.session.get_session_options().intra_op_num_threads == 0   # one per core
+    paths = [tmp_path / f"{i}.jpg" for i in range(3)]
+    for i, path in enumerate(paths):
+        noisy_photo(i).save(path, quality=90)
+    for mode in ("argmax", "retrieval"):
+        assert served.predict(paths, mode=mode) == alone.predict(paths, mode=mode)
