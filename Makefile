@@ -33,13 +33,15 @@ demo: install
 test: install
 	$(PY) -m pytest
 
-# Figures go to metrics/bench.json; each benchmark replaces only its own keys.
+# Figures go to metrics/bench.json; each benchmark replaces only its own keys. Then every figure
+# is shown beside the committed one, and the target fails on any more than 15% worse.
 bench: install
 	$(PY) bench/fetch.py --out metrics/bench.json
 	$(PY) bench/data.py --out metrics/bench.json
 	$(PY) bench/serve.py --out metrics/bench.json
 	$(PY) bench/features.py --out metrics/bench.json
 	$(PY) bench/train.py --out metrics/bench.json
+	$(PY) bench/compare.py --results metrics/bench.json
 
 # Each stage's time, memory and disk at about 5k, 25k and 100k photos, in temporary clones
 # (metrics/scale.json, plots/scale.png); about an hour on 2 cores. SCALE_ARGS passes options.

@@ -3,8 +3,9 @@
 Starts the real command on 127.0.0.1 with the exported snapshot, in its own process so that the
 clients' Python does not share the server's interpreter, then POSTs real photos from data/raw to
 /predict: first one request at a time (unloaded latency), then from `concurrency` threads for
-`seconds`, each thread on its own keep-alive connection. A request counts as an error unless it
-answers 200 with a prediction.
+`seconds`, each thread on its own keep-alive connection; then the same load in the retrieval
+mode where the snapshot serves it. The server's peak resident memory is read at the end. A
+request counts as an error unless it answers 200 with a prediction.
 """
 
 import argparse
@@ -41,10 +42,21 @@ def main() -> None:
     args = parser.parse_args()
 
     bodies = photo_bodies(PHOTOS)
-    with serve_command(args.model) as port:
+    with serve_command(args.model) as (port, process):
         load(port, bodies, concurrency=2, seconds=2.0)  # warm-up: sessions, caches, pools
         alone = load(port, bodies, concurrency=1, seconds=args.baseline_seconds)
         loaded = load(port, bodies, concurrency=args.concurrency, seconds=args.seconds)
+        figures = {}
+        if "retrieval" in served_modes(port):
+            load(port, bodies, concurrency=2, seconds=2.0, mode="retrieval")
+            retrieval = load(port, bodies, concurrency=args.concurrency, seconds=args.seconds,
+                             mode="retrieval")
+            figures = {"serve_retrieval_requests_per_second":
+                       retrieval["requests"] / retrieval["seconds"],
+                       "serve_retrieval_p50_ms": retrieval["p50_ms"],
+                       "serve_retrieval_p99_ms": retrieval["p99_ms"],
+                       "serve_retrieval_errors": retrieval["errors"]}
+        figures["serve_peak_rss_mb"] = peak_rss_mb(process.pid)
     record(args.out, {
         "serve_concurrency": args.concurrency,
         "serve_seconds": loaded["seconds"],
@@ -57,6 +69,7 @@ def main() -> None:
         "serve_photo_kb_mean": np.mean([len(b) for b, _ in bodies]) / 1e3,
         "serve_p50_ms_concurrency_1": alone["p50_ms"],
         "serve_requests_per_second_concurrency_1": alone["requests"] / alone["seconds"],
+        **figures,
     })
 
 
@@ -72,8 +85,9 @@ def photo_bodies(count: int) -> list[tuple[bytes, str]]:
 
 
 @contextlib.contextmanager
-def serve_command(model: Path) -> Iterator[int]:
-    """`geoloc serve` on a free port of 127.0.0.1 until the block ends; yields the port."""
+def serve_command(model: Path) -> Iterator[tuple[int, subprocess.Popen]]:
+    """`geoloc serve` on a free port of 127.0.0.1 until the block ends; yields the port and
+    the process."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -86,7 +100,7 @@ def serve_command(model: Path) -> Iterator[int]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("geoloc serve did not start")
             time.sleep(0.2)
-        yield port
+        yield port, process
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -101,8 +115,26 @@ def healthy(port: int) -> bool:
         return False
 
 
-def load(port: int, bodies: list, concurrency: int, seconds: float) -> dict:
-    """`concurrency` threads POST photos in turn until `seconds` have passed."""
+def served_modes(port: int) -> list[str]:
+    """The modes the snapshot serves (GET /model; a server older than modes lists none)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/model")
+    return json.loads(connection.getresponse().read()).get("modes", [])
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (Linux's VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    raise SystemExit(f"no VmHWM in /proc/{pid}/status: peak memory is read on Linux only")
+
+
+def load(port: int, bodies: list, concurrency: int, seconds: float,
+         mode: str | None = None) -> dict:
+    """`concurrency` threads POST photos in turn, in `mode` (default: the snapshot's), until
+    `seconds` have passed."""
+    target = "/predict?top_k=5" + (f"&mode={mode}" if mode else "")
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -117,7 +149,7 @@ def load(port: int, bodies: list, concurrency: int, seconds: float) -> dict:
             i += concurrency
             sent = time.perf_counter()
             try:
-                connection.request("POST", "/predict?top_k=5", body=body,
+                connection.request("POST", target, body=body,
                                    headers={"Content-Type": content_type})
                 response = connection.getresponse()
                 ok = response.status == 200 and "cell" in json.loads(response.read())

@@ -21,6 +21,7 @@ def test_the_training_benchmark_measures_the_model_and_the_loop(tmp_path):
                    cwd=ROOT, check=True, capture_output=True, text=True)
     figures = json.loads(out.read_text())
     assert figures.pop("another_benchmark") == 1.0      # the other benchmarks' figures stay
+    assert figures.pop("bench_machine").endswith(" cores")
     assert figures.pop("train_bench_device").startswith(("cpu", "NVIDIA"))
     assert figures.pop("train_bench_torch") == __import__("torch").__version__
     assert (figures.pop("train_bench_batch_size"), figures.pop("train_bench_images")) == (16, 48)
