@@ -1,6 +1,7 @@
 """The ablation over the default world: queue one DVC experiment per configuration, run them all,
-and write the table of `dvc exp show` (test median km, p90 km, accuracy, training minutes) to
-experiments/ablation.md, which the README quotes.
+and write the table of `dvc exp show` (test median and p90 km with their 95% intervals over
+sequences, accuracy, training minutes, the snapshot's size) to experiments/ablation.md, which the
+README quotes.
 
     python experiments/ablation.py            # queue, run (hours on a 2-core CPU), tabulate
     python experiments/ablation.py --only effnet-pretrained   # run some of them, tabulate
@@ -30,14 +31,23 @@ CONFIGS = {
     "cnn-adjacency": {"loss.adjacency_weight": "0.01"},
     "cnn-mlp-head": {"model.head": "mlp"},
     "resnet18-scratch": {"model.arch": "resnet18"},
-    "effnet-scratch": {"model.arch": "efficientnet_lite0"},
-    "effnet-pretrained": {"model.arch": "efficientnet_lite0", "model.pretrained": "true"},
+    "effnet-scratch": {"model.arch": "efficientnet"},
+    "effnet-pretrained": {"model.arch": "efficientnet", "model.pretrained": "true"},
+    "lite1-pretrained": {"model.arch": "efficientnet_lite1", "model.pretrained": "true"},
+    "lite2-pretrained": {"model.arch": "efficientnet_lite2", "model.pretrained": "true"},
     "effnet-pretrained-lr0.001": {"model.arch": "efficientnet_lite0",
                                   "model.pretrained": "true", "train.lr": "0.001"},
     "effnet-frozen-linear": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
                              "model.freeze_backbone": "true"},
     "effnet-frozen-mlp": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
                           "model.freeze_backbone": "true", "model.head": "mlp"},
+    # The larger variants as the features stage's backbone (at their native 240 and 260 px).
+    "lite1-frozen-linear": {"features.backbone": "efficientnet_lite1",
+                            "model.arch": "efficientnet_lite1", "model.pretrained": "true",
+                            "model.freeze_backbone": "true"},
+    "lite2-frozen-linear": {"features.backbone": "efficientnet_lite2",
+                            "model.arch": "efficientnet_lite2", "model.pretrained": "true",
+                            "model.freeze_backbone": "true"},
     # The README's own-photos preset on the default world: the linear probe, with retrieval
     # among all training photos as the headline.
     "own-photos-preset": {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
@@ -47,10 +57,15 @@ CONFIGS = {
 # The headline mode's accuracy: `mode_accuracy` since it has a name of its own, `accuracy`
 # in experiments run before.
 COLUMNS = [("median km", "metrics/eval.json", "median_km"),
+           ("median 95% low", "metrics/eval.json", "median_km_ci_low"),
+           ("median 95% high", "metrics/eval.json", "median_km_ci_high"),
            ("p90 km", "metrics/eval.json", "p90_km"),
+           ("p90 95% low", "metrics/eval.json", "p90_km_ci_low"),
+           ("p90 95% high", "metrics/eval.json", "p90_km_ci_high"),
            ("accuracy", "metrics/eval.json", ("mode_accuracy", "accuracy")),
            ("nearest photo median km", "metrics/eval.json", "nearest_photo_median_km"),
-           ("training minutes", "metrics/train_time.json", "train_minutes")]
+           ("training minutes", "metrics/train_time.json", "train_minutes"),
+           ("snapshot MB", "metrics/export.json", "snapshot_mb")]
 
 
 def dvc(*args: str) -> str:

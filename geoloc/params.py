@@ -18,11 +18,13 @@ from pathlib import Path
 import yaml
 
 from geoloc.choices import (
+    ALIASES,
     ARCHS,
     FEATURE_BACKBONES,
     HEADS,
     LOSSES,
     MODES,
+    NATIVE_SIZES,
     PRECISIONS,
     PROTOCOLS,
     SOURCES,
@@ -38,10 +40,13 @@ class ParamsError(GeolocError, ValueError):
     """A params.yaml key is unknown, missing, of the wrong type or out of range."""
 
 
-def knob(*, min=None, max=None, choices=None, auto=False):  # noqa: A002 - min/max read best
+def knob(*, min=None, max=None, choices=None, auto=False,  # noqa: A002 - min/max read best
+         aliases=None):
     """A required field with an optional range or set of allowed values; with `auto`, the
-    value may also be "auto" (the field's type is then `int | str`)."""
-    return field(metadata={"min": min, "max": max, "choices": choices, "auto": auto})
+    value may also be "auto" (the field's type is then `int | str`, unless the class resolves
+    it); `aliases` maps other names of a choice to it, and the field holds the choice."""
+    return field(metadata={"min": min, "max": max, "choices": choices, "auto": auto,
+                           "aliases": aliases or {}})
 
 
 def is_auto(value) -> bool:
@@ -179,14 +184,22 @@ class CacheParams:
 
 @dataclass(frozen=True)
 class FeaturesParams:
-    backbone: str = knob(choices=FEATURE_BACKBONES)
-    size: int = knob(min=32, max=1024)
+    backbone: str = knob(choices=FEATURE_BACKBONES, aliases=ALIASES)
+    size: int = knob(min=32, max=1024, auto=True)
     weights_path: str | None = knob()
+
+    def __post_init__(self) -> None:
+        # `auto`, the backbone's native size, follows from its name alone: resolved as the
+        # params are built, so whatever reads them (the features stage and the index it writes,
+        # training, the export, checkpoints, benchmarks) reads pixels, and `auto` and the
+        # native size written out are the same features.
+        if is_auto(self.size):
+            object.__setattr__(self, "size", NATIVE_SIZES[self.backbone])
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    arch: str = knob(choices=ARCHS)
+    arch: str = knob(choices=ARCHS, aliases=ALIASES)
     width: int = knob(min=4, max=512)
     dropout: float = knob(min=0.0, max=0.9)
     pretrained: bool = knob()
@@ -352,6 +365,7 @@ def _convert(hint, value, key: str, meta) -> object:
             raise ParamsError(f"{key}: expected a list, got {value!r}")
         return [_convert(item, v, f"{key}[{i}]", {}) for i, v in enumerate(value)]
     value = _scalar(hint, value, key, meta)
+    value = meta.get("aliases", {}).get(value, value)
     _check_range(value, key, meta)
     return value
 
@@ -371,7 +385,9 @@ def _scalar(hint: type, value, key: str, meta):
 def _check_range(value, key: str, meta) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        allowed = ", ".join(str(c) for c in (*choices, *([AUTO] if meta.get("auto") else [])))
+        aliases = [f"{alias} (= {name})" for alias, name in meta.get("aliases", {}).items()]
+        allowed = ", ".join(str(c) for c in (*choices, *aliases,
+                                             *([AUTO] if meta.get("auto") else [])))
         raise ParamsError(f"{key}: {value!r} is not one of {allowed}")
     if meta.get("min") is not None and value < meta["min"]:
         raise ParamsError(f"{key}: {value!r} is below the minimum {meta['min']}")

@@ -78,23 +78,31 @@ SNAPSHOT_CITIES = [(48.8566, 2.3522), (43.2965, 5.3698), (45.7640, 4.8357), (43.
                    (47.2184, -1.5536), (50.6292, 3.0573)]
 
 
-@pytest.fixture(scope="session")
-def tiny_snapshot(tmp_path_factory) -> Path:
-    """A real exported snapshot (model.onnx, cells.json, model.json) of an untrained tiny CNN,
-    written by the export code the pipeline uses."""
+def snapshot_cells():
+    """The tiny snapshot's class table: one resolution-5 cell per SNAPSHOT_CITIES city, with
+    its resolution-4 parent, as the export writes cells.json from."""
     import h3
-    import numpy as np
     import pandas as pd
-    import torch
-
-    from geoloc.export import export_model
-    from geoloc.models import build_model
 
     cells = pd.DataFrame({"label": range(len(SNAPSHOT_CITIES)),
                           "cell": [h3.latlng_to_cell(lat, lon, 5) for lat, lon in SNAPSHOT_CITIES],
                           "lat": [lat for lat, _ in SNAPSHOT_CITIES],
                           "lon": [lon for _, lon in SNAPSHOT_CITIES], "resolution": 5})
     cells["parents"] = [[h3.latlng_to_cell(lat, lon, 4)] for lat, lon in SNAPSHOT_CITIES]
+    return cells
+
+
+@pytest.fixture(scope="session")
+def tiny_snapshot(tmp_path_factory) -> Path:
+    """A real exported snapshot (model.onnx, cells.json, model.json) of an untrained tiny CNN,
+    written by the export code the pipeline uses."""
+    import numpy as np
+    import torch
+
+    from geoloc.export import export_model
+    from geoloc.models import build_model
+
+    cells = snapshot_cells()
     torch.manual_seed(0)
     model = build_model(tiny_params(model={"width": 4}).model, len(cells))
     check = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)

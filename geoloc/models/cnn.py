@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from geoloc.choices import FEATURE_BACKBONES
 from geoloc.errors import GeolocError
 from geoloc.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from geoloc.params import ModelParams
@@ -35,8 +36,9 @@ class SmallCNN(nn.Module):
 
 def build_cnn(cfg: ModelParams, pretrained: bool) -> Backbone:
     if pretrained:
-        raise GeolocError("model.pretrained: the cnn baseline has no pretrained weights; set "
-                          "model.pretrained to false, or pick resnet18 or efficientnet_lite0")
+        raise GeolocError(f"model.pretrained: the cnn baseline has no pretrained weights; set "
+                          f"model.pretrained to false, or pick an arch that has: "
+                          f"{', '.join(FEATURE_BACKBONES)}")
     net = SmallCNN(cfg.width)
     # It learns from scratch, so any fixed normalisation would do: ImageNet's keeps inputs
     # about zero-mean and unit-variance on photos.
