@@ -41,8 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from process import run_measured  # noqa: E402
 
 from geoloc.data.splits import write_test_sequences  # noqa: E402
-from geoloc.io import write_json  # noqa: E402
-from geoloc.sources.run import folder_bytes  # noqa: E402
+from geoloc.io import folder_bytes, write_json  # noqa: E402
 
 STAGES = ("fetch", "index", "split", "resize_cache", "features", "train", "evaluate", "export")
 AUTO_CELLS = {key: "auto" for key in ("coarsest_resolution", "finest_resolution",

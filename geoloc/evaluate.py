@@ -19,7 +19,7 @@ from geoloc.inference import (
     sequence_evidence,
 )
 from geoloc.metrics import (
-    bootstrap_median_ci,
+    bootstrap_ci,
     calibration_table,
     distance_metrics,
     expected_calibration_error,
@@ -120,13 +120,15 @@ def fit_temperatures(val_logits: np.ndarray, val_rows: pd.DataFrame) -> tuple[fl
 
 def figures(errors_km: np.ndarray, labels: np.ndarray, rows: pd.DataFrame,
             bootstrap_samples: int) -> dict:
-    """The distance figures of one set of predictions, with the 95% interval of the median
-    (resampling sequences), the median per sequence and, where every point is a cell's, the
-    share of images put in their true cell."""
+    """The distance figures of one set of predictions, with the 95% intervals of the median
+    and the p90 (resampling sequences), the median per sequence and, where every point is a
+    cell's, the share of images put in their true cell."""
     sequences = rows["sequence_id"].fillna(rows["image_id"]).to_numpy()
-    low, high = bootstrap_median_ci(errors_km, sequences, bootstrap_samples)
-    out = {"images": len(rows), **distance_metrics(errors_km),
-           "median_km_ci_low": low, "median_km_ci_high": high,
+    intervals = {}
+    for name, q in (("median_km", 50), ("p90_km", 90)):
+        low, high = bootstrap_ci(errors_km, sequences, bootstrap_samples, q)
+        intervals |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
+    out = {"images": len(rows), **distance_metrics(errors_km), **intervals,
            "sequence_median_km": sequence_median_km(errors_km, sequences)}
     if (labels >= 0).all():
         out["accuracy"] = float(np.mean(labels == rows["label"].to_numpy()))

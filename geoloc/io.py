@@ -70,3 +70,11 @@ def _rounded(value):
     if isinstance(value, float):
         return float(f"{value:.6g}") if math.isfinite(value) else None
     return value
+
+
+def folder_bytes(folder: Path | str) -> int:
+    """The bytes of every file under `folder` (0 where it does not exist)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

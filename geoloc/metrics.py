@@ -56,10 +56,10 @@ def sequence_median_km(errors_km: np.ndarray, sequences) -> float:
     return float(pd.Series(errors_km).groupby(np.asarray(sequences)).median().median())
 
 
-def bootstrap_median_ci(errors_km: np.ndarray, sequences, samples: int, seed: int = 0,
-                        level: float = 0.95) -> tuple[float, float]:
-    """A percentile bootstrap interval for the median error that resamples whole sequences,
-    since the frames of one drive are not independent draws.
+def bootstrap_ci(errors_km: np.ndarray, sequences, samples: int, q: float = 50, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """A percentile bootstrap interval for the q-th percentile of the errors (50: the median)
+    that resamples whole sequences, since the frames of one drive are not independent draws.
 
     Each resample draws as many sequences as there are, with replacement; an image then
     weighs as often as its sequence was drawn.
@@ -72,23 +72,26 @@ def bootstrap_median_ci(errors_km: np.ndarray, sequences, samples: int, seed: in
     rng = np.random.default_rng(seed)
     # Chunks of resamples keep the (chunk x images) weights within ~100 MB at any size.
     chunk = max(1, 12_000_000 // len(errors_km))
-    medians = []
+    values = []
     for start in range(0, samples, chunk):
         draws = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups),
                                 size=min(chunk, samples - start))
-        medians.append(weighted_medians(sorted_errors, draws[:, sorted_codes]))
-    low, high = np.percentile(np.concatenate(medians), [50 * (1 - level), 50 * (1 + level)])
+        values.append(weighted_percentiles(sorted_errors, draws[:, sorted_codes], q))
+    low, high = np.percentile(np.concatenate(values), [50 * (1 - level), 50 * (1 + level)])
     return float(low), float(high)
 
 
-def weighted_medians(sorted_values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Per row of integer `weights` (R x N), the median of `sorted_values` (ascending) repeated
-    that many times: the mean of the lower and upper middle, as np.median does."""
+def weighted_percentiles(sorted_values: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
+    """Per row of integer `weights` (R x N), the q-th percentile of `sorted_values`
+    (ascending) repeated that many times, interpolated as np.percentile does (for q = 50, the
+    mean of the lower and upper middle, as np.median)."""
     cumulative = np.cumsum(weights, axis=1)
-    half = cumulative[:, -1:] / 2
-    lower = (cumulative < half).sum(axis=1)
-    upper = (cumulative <= half).sum(axis=1)
-    return (sorted_values[lower] + sorted_values[upper]) / 2
+    position = q / 100 * (cumulative[:, -1:] - 1)
+    below, above = np.floor(position), np.ceil(position)
+    # The k-th (from 0) of the repeated values is the first whose cumulative count exceeds k.
+    lower = sorted_values[(cumulative <= below).sum(axis=1)]
+    upper = sorted_values[(cumulative <= above).sum(axis=1)]
+    return lower + (position[:, 0] - below[:, 0]) * (upper - lower)
 
 
 def calibration_table(confidence: np.ndarray, correct: np.ndarray,

@@ -57,7 +57,8 @@ def model_card(params: dict, trained: dict, evaluation: dict, data: dict, export
 ## Evaluation (test split, {evaluation['images']} images, {evaluation['sequences']} sequences)
 - Median error {evaluation['median_km']:.3g} km (95% interval over sequences
   {evaluation['median_km_ci_low']:.3g} to {evaluation['median_km_ci_high']:.3g}), p90
-  {evaluation['p90_km']:.3g} km, p95 {evaluation['p95_km']:.3g} km; within 1 km
+  {evaluation['p90_km']:.3g} km ({evaluation['p90_km_ci_low']:.3g} to
+  {evaluation['p90_km_ci_high']:.3g}), p95 {evaluation['p95_km']:.3g} km; within 1 km
   {evaluation['within_1km']:.3f}, within 25 km {evaluation['within_25km']:.3f}; in the wrong
   region (beyond 200 km) {evaluation['far_200km']:.3f}, beyond 500 km
   {evaluation['far_500km']:.3f}. The classifier puts {evaluation['accuracy']:.3f} of the

@@ -16,7 +16,7 @@ from geoloc.data.preprocess import read_squares
 from geoloc.data.splits import load_cells, load_split
 from geoloc.errors import GeolocError
 from geoloc.export import add_retrieval, export_model, latency_figures
-from geoloc.io import atomic_dir, write_json
+from geoloc.io import atomic_dir, folder_bytes, write_json
 from geoloc.model_card import model_card
 from geoloc.params import load_params
 from geoloc.stage import run_stage
@@ -70,6 +70,7 @@ def main() -> None:
                                                       checkpoint["summary"], evaluation, data,
                                                       figures, spec))
         figures.update(latency_figures(model, tmp, check))
+        figures["snapshot_mb"] = folder_bytes(tmp) / 1e6   # what a server loads and ships
     write_json(figures, args.metrics)
     log.info("exported: ONNX %.2f MB, top-1 agreement %.4f; ms per image at batch 1: eager "
              "%.2f, TorchScript %.2f, ONNX Runtime %.2f", figures["onnx_mb"],

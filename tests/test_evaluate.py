@@ -149,28 +149,30 @@ def test_distance_metrics_name_every_threshold_and_score_geoguessr_points():
     assert (tail["far_200km"], tail["far_500km"]) == (0.8, 0.5)   # above, not at, the distance
 
 
-def test_weighted_median_is_the_median_of_the_repeated_values():
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("q", [0, 10, 50, 90, 100])
+def test_a_weighted_percentile_is_the_percentile_of_the_repeated_values(q):
+    rng = np.random.default_rng(q)
     for _ in range(500):
         n = int(rng.integers(1, 9))
         values = np.sort(rng.random(n))
         weights = rng.integers(0, 4, (1, n))
         if weights.sum() == 0:
             continue
-        assert metrics.weighted_medians(values, weights)[0] == pytest.approx(
-            np.median(np.repeat(values, weights[0])))
+        assert metrics.weighted_percentiles(values, weights, q)[0] == pytest.approx(
+            np.percentile(np.repeat(values, weights[0]), q))
 
 
-def test_bootstrap_resamples_sequences_not_frames():
+@pytest.mark.parametrize("q", [50, 90])
+def test_bootstrap_resamples_sequences_not_frames(q):
     # 20 drives of 10 frames; a drive's frames share one error: 20, not 200, independent draws.
     rng = np.random.default_rng(1)
     errors = np.repeat(rng.lognormal(0, 1, 20), 10)
     drives = np.repeat(np.arange(20), 10)
-    low, high = metrics.bootstrap_median_ci(errors, drives, samples=2000)
-    frame_low, frame_high = metrics.bootstrap_median_ci(errors, np.arange(200), samples=2000)
-    assert low <= np.median(errors) <= high
+    low, high = metrics.bootstrap_ci(errors, drives, samples=2000, q=q)
+    frame_low, frame_high = metrics.bootstrap_ci(errors, np.arange(200), samples=2000, q=q)
+    assert low <= np.percentile(errors, q) <= high
     assert high - low > 2 * (frame_high - frame_low)
-    assert (low, high) == metrics.bootstrap_median_ci(errors, drives, samples=2000)
+    assert (low, high) == metrics.bootstrap_ci(errors, drives, samples=2000, q=q)
 
 
 def test_calibration_error_is_small_when_confidence_matches_accuracy():

@@ -91,10 +91,13 @@ def test_repro_writes_every_metric(repo):
     for key in ("accuracy", "top5_accuracy", "median_km", "mean_km", "p90_km", "within_0_5km",
                 "within_1km", "within_5km", "within_25km", "within_100km", "geoscore",
                 "floor_median_km", "baseline_median_km", "centroid_median_km",
-                "median_km_ci_low", "median_km_ci_high", "expected_calibration_error",
+                "median_km_ci_low", "median_km_ci_high", "p90_km_ci_low", "p90_km_ci_high",
+                "expected_calibration_error",
                 "p95_km", "far_200km", "far_500km", "mode_accuracy"):
         assert math.isfinite(evaluation[key]), key
     assert evaluation["median_km"] <= evaluation["p90_km"]
+    for name in ("median_km", "p90_km"):
+        assert evaluation[f"{name}_ci_low"] <= evaluation[f"{name}_ci_high"]
     modes = json.loads((repo / "metrics/eval_modes.json").read_text())
     assert set(modes) == {"argmax", "topk", "topk_mean", "hierarchical", "sequence",
                           "sequence_online", "retrieval"}

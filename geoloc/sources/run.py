@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from geoloc.errors import GeolocError
+from geoloc.io import folder_bytes
 
 GB = 1024**3
 DOWNLOADS_DIR = Path("data/downloads")   # the default store; git-ignored, not a DVC output
@@ -72,9 +73,3 @@ class FetchRun:
             "seconds": round(seconds, 1),
         }
 
-
-def folder_bytes(folder: Path) -> int:
-    folder = Path(folder)
-    if not folder.exists():
-        return 0
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
