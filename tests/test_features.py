@@ -1,5 +1,6 @@
-"""The features stage's library: features row by row in the split's order across ONNX Runtime
-batches, photos that do not decode skipped and listed, stale or foreign features refused."""
+"""The features stage's library: every photo's features row by row across ONNX Runtime
+batches, read by any split through its image ids, photos that do not decode skipped and listed,
+stale or foreign features refused."""
 
 import json
 
@@ -46,9 +47,9 @@ def test_features_follow_the_rows_across_batches_and_skip_what_does_not_decode(s
     rows = photo_rows(tmp_path / "raw", 130, broken=70)    # 130 > 2 batches of 64
     out = tmp_path / "features"
     out.mkdir()
-    entry = feats.build_features(rows, tmp_path / "raw", 32, session, out, "train", workers=1)
+    entry = feats.build_features(rows, tmp_path / "raw", 32, session, out, workers=1)
     assert [s["image_id"] for s in entry["skipped"]] == ["070"]
-    feats.write_features_index(CFG, session.get_outputs()[0].shape[1], {"train": entry}, out)
+    feats.write_features_index(CFG, entry, out)
 
     split = feats.load_features(out, "train", rows, CFG)
     assert len(split.rows) == 129 and 70 not in set(split.rows["feature_row"])
@@ -60,18 +61,39 @@ def test_features_follow_the_rows_across_batches_and_skip_what_does_not_decode(s
     assert np.array_equal(feats.features_of(split, wanted), split.features[[5, 2]])
 
 
+def test_any_split_finds_its_photos_features_by_image_id(session, tmp_path):
+    """The features are the photos', not a split's: a split of other rows, in another order
+    (a new seed, a fold), reads them where they are, and computes nothing."""
+    rows = photo_rows(tmp_path / "raw", 6, broken=3)
+    out = tmp_path / "features"
+    out.mkdir()
+    feats.write_features_index(CFG, feats.build_features(rows, tmp_path / "raw", 32, session,
+                                                         out, workers=1), out)
+    everything = feats.load_features(out, "train", rows, CFG)
+    split = feats.load_features(out, "val", rows.iloc[[5, 3, 0]], CFG)
+    assert split.rows["image_id"].tolist() == ["005", "000"]   # 003 did not decode
+    assert np.array_equal(feats.features_of(split, split.rows),
+                          feats.features_of(everything, split.rows))
+    assert split.rows["feature_row"].tolist() == [5, 0]
+
+
 def test_stale_or_foreign_features_are_refused(session, tmp_path):
     rows = photo_rows(tmp_path / "raw", 4, broken=-1)
     out = tmp_path / "features"
     out.mkdir()
-    entry = feats.build_features(rows, tmp_path / "raw", 32, session, out, "val", workers=1)
-    feats.write_features_index(CFG, 32, {"val": entry}, out)
-    with pytest.raises(feats.FeaturesError, match=r"other rows than .*val.parquet \(stale\)"):
-        feats.load_features(out, "val", rows.iloc[:3], CFG)
+    feats.write_features_index(CFG, feats.build_features(rows, tmp_path / "raw", 32, session,
+                                                         out, workers=1), out)
+    newer = pd.concat([rows, pd.DataFrame({"image_id": ["new"], "path": ["images/new.jpg"]})])
+    with pytest.raises(feats.FeaturesError, match=r"1 photos of the val split have no row .*"
+                                                  r"\(e.g. new\): the features are stale"):
+        feats.load_features(out, "val", newer, CFG)
     with pytest.raises(feats.FeaturesError, match="holds the features of .*'size': 32"):
         feats.load_features(out, "val", rows, FeaturesParams("efficientnet_lite0", 224, None))
     with pytest.raises(feats.FeaturesError, match="run the features stage"):
         feats.load_features(tmp_path / "nowhere", "val", rows, CFG)
+    (out / feats.IDS_NAME).unlink()
+    with pytest.raises(feats.FeaturesError, match="missing a file or holds a damaged one"):
+        feats.load_features(out, "val", rows, CFG)
 
 
 def test_features_of_size_auto_are_those_of_the_native_size(session, tmp_path):
@@ -80,9 +102,9 @@ def test_features_of_size_auto_are_those_of_the_native_size(session, tmp_path):
     rows = photo_rows(tmp_path / "raw", 2, broken=-1)
     out = tmp_path / "features"
     out.mkdir()
-    entry = feats.build_features(rows, tmp_path / "raw", 32, session, out, "val", workers=1)
+    entry = feats.build_features(rows, tmp_path / "raw", 32, session, out, workers=1)
     auto = FeaturesParams("efficientnet_lite0", "auto", None)
-    feats.write_features_index(auto, 32, {"val": entry}, out)
+    feats.write_features_index(auto, entry, out)
     assert json.loads((out / feats.INDEX_NAME).read_text())["size"] == 224
     for cfg in (auto, FeaturesParams("efficientnet_lite0", 224, None)):
         assert len(feats.load_features(out, "val", rows, cfg).rows) == 2

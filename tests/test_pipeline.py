@@ -309,6 +309,19 @@ def test_changed_param_reruns_only_what_depends_on_it(repo, tmp_path):
     assert "train.epochs" in diff
 
 
+def test_a_new_split_computes_no_feature_again(repo, tmp_path):
+    """The features are every photo's, keyed by image id: another split seed re-runs the split
+    and what learns or scores on it, and the new split finds its photos' features."""
+    repo = workspace(repo, tmp_path)
+    features = (repo / "data/features/features.npy").read_bytes()
+    write_params(repo, **{**TINY, "split": {"seed": 1}})
+    result = run(["dvc", "repro"], repo)
+    ran = {line.split("'")[1] for line in result.stdout.splitlines()
+           if line.startswith("Running stage")}
+    assert ran == {"split", "resize_cache", "train", "evaluate", "export"}
+    assert (repo / "data/features/features.npy").read_bytes() == features
+
+
 def test_metrics_and_plots_diff_show_every_mode_and_plot(repo, tmp_path):
     repo = workspace(repo, tmp_path)
     run(["git", "add", "-A"], repo)
