@@ -116,8 +116,9 @@ def table() -> str:
     kept = previous_rows()
     for name, changes in CONFIGS.items():
         described = ", ".join(f"{k}={v}" for k, v in changes.items()) or "(HEAD's params)"
-        if name in metrics:
-            values = [figure(metrics[name][path], key) for _, path, key in COLUMNS]
+        values = ([figure(metrics[name][path], key) for _, path, key in COLUMNS]
+                  if name in metrics else [])
+        if any(v is not None for v in values):   # not one still queued, or failed
             cells = ["n/a" if v is None else f"{v:.3g}" for v in values]
         elif name in kept:
             cells = [kept[name].get(column, "n/a") for column, _, _ in COLUMNS]
