@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from geoloc.errors import GeolocError
-from geoloc.metrics import weighted_percentiles
+from geoloc.metrics import drive_draws, weighted_percentiles
 
 
 class CrossValidationError(GeolocError, ValueError):
@@ -67,18 +67,11 @@ def paired_difference_ci(errors_km: np.ndarray, reference_km: np.ndarray, drives
     errors_km = np.asarray(errors_km, dtype=np.float64)
     reference_km = np.asarray(reference_km, dtype=np.float64)
     codes, _ = pd.factorize(np.asarray(drives))
-    n_drives = codes.max() + 1
-    by_error, by_reference = np.argsort(errors_km, kind="stable"), np.argsort(reference_km,
-                                                                              kind="stable")
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 12_000_000 // len(errors_km))
-    differences = []
-    for start in range(0, samples, chunk):
-        draws = rng.multinomial(n_drives, np.full(n_drives, 1 / n_drives),
-                                size=min(chunk, samples - start))
-        differences.append(
-            weighted_percentiles(errors_km[by_error], draws[:, codes[by_error]], q)
-            - weighted_percentiles(reference_km[by_reference], draws[:, codes[by_reference]], q))
+    by_error, by_reference = (np.argsort(errors_km, kind="stable"),
+                              np.argsort(reference_km, kind="stable"))
+    differences = [weighted_percentiles(errors_km[by_error], counts[:, by_error], q)
+                   - weighted_percentiles(reference_km[by_reference], counts[:, by_reference], q)
+                   for counts in drive_draws(codes, samples, seed)]
     low, high = np.percentile(np.concatenate(differences), [50 * (1 - level), 50 * (1 + level)])
     difference = float(np.percentile(errors_km, q) - np.percentile(reference_km, q))
     return difference, float(low), float(high)

@@ -67,18 +67,23 @@ def bootstrap_ci(errors_km: np.ndarray, sequences, samples: int, q: float = 50, 
     errors_km = np.asarray(errors_km, dtype=np.float64)
     codes, _ = pd.factorize(np.asarray(sequences))
     order = np.argsort(errors_km, kind="stable")
-    sorted_errors, sorted_codes = errors_km[order], codes[order]
-    n_groups = codes.max() + 1
-    rng = np.random.default_rng(seed)
-    # Chunks of resamples keep the (chunk x images) weights within ~100 MB at any size.
-    chunk = max(1, 12_000_000 // len(errors_km))
-    values = []
-    for start in range(0, samples, chunk):
-        draws = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups),
-                                size=min(chunk, samples - start))
-        values.append(weighted_percentiles(sorted_errors, draws[:, sorted_codes], q))
+    values = [weighted_percentiles(errors_km[order], counts[:, order], q)
+              for counts in drive_draws(codes, samples, seed)]
     low, high = np.percentile(np.concatenate(values), [50 * (1 - level), 50 * (1 + level)])
     return float(low), float(high)
+
+
+def drive_draws(codes: np.ndarray, samples: int, seed: int):
+    """Bootstrap resamples of whole drives (`codes`: each photo's drive, 0..D-1), in chunks:
+    per resample, how often each photo's drive was drawn (D draws with replacement). Chunks
+    keep the (chunk x photos) counts within ~100 MB at any size."""
+    n_drives = codes.max() + 1
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 12_000_000 // len(codes))
+    for start in range(0, samples, chunk):
+        draws = rng.multinomial(n_drives, np.full(n_drives, 1 / n_drives),
+                                size=min(chunk, samples - start))
+        yield draws[:, codes]
 
 
 def weighted_percentiles(sorted_values: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
