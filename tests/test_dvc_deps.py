@@ -3,6 +3,11 @@ its script imports (directly or not, lazily too) and no other; no stage tracks a
 and where a section is listed key by key to leave its knobs out, every other key is tracked."""
 
 import ast
+import shlex
+import shutil
+import subprocess
+import sys
+from itertools import takewhile
 from pathlib import Path
 
 import pytest
@@ -92,3 +97,22 @@ def test_a_stage_tracks_every_param_of_its_sections_but_the_runtime_knobs(stage)
     trimmed = {t.split(".")[0] for t in tracked} & {r.split(".")[0] for r in RUNTIME}
     untracked = {p for p in params - covered if p.split(".")[0] in trimmed}
     assert untracked <= RUNTIME, "a param that can change outputs is not tracked"
+
+
+def test_a_stage_runs_the_code_of_its_own_copy(tmp_path):
+    """`dvc exp run --queue` runs each experiment in a copy of the repo while geoloc stays
+    installed (editable) from the workspace; a stage must import the copy's geoloc, or an edit
+    made in the workspace while the queue runs would leak into every queued experiment."""
+    shutil.copytree(ROOT / "stages", tmp_path / "stages")
+    shutil.copytree(ROOT / "geoloc", tmp_path / "geoloc")
+    with open(tmp_path / "geoloc/__init__.py", "a") as init:
+        init.write("\nprint('geoloc from', __file__)\n")
+    # The command up to its first option: `python -m stages.<name>`.
+    commands = {name: list(takewhile(lambda word: not word.startswith("--"),
+                                     shlex.split(definition(name)["cmd"])))
+                for name in STAGES}
+    runs = {name: subprocess.Popen([sys.executable, *command[1:], "--help"], cwd=tmp_path,
+                                   stdout=subprocess.PIPE, text=True)
+            for name, command in commands.items()}
+    for name, run in runs.items():
+        assert f"geoloc from {tmp_path / 'geoloc/__init__.py'}" in run.communicate()[0], name
