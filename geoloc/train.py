@@ -69,6 +69,17 @@ class State:
     history: list[dict] = field(default_factory=list)
 
 
+class SilentLive:
+    """A DVCLive logger that logs nothing: for a DDP rank other than 0 (rank 0 logs for all)
+    and for the folds of a cross-validation."""
+
+    def log_metric(self, *args, **kwargs) -> None:
+        pass
+
+    def next_step(self) -> None:
+        pass
+
+
 def start_distributed() -> Dist:
     """Join the DDP group torchrun set up (WORLD_SIZE > 1), or stay alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -147,6 +158,8 @@ def fit(model: GeoNet, train: dict[int, CachedSplit] | FeatureSplit,
     """
     loop = TrainLoop(model, train, cells, cfg, loss_cfg, dist)
     dist = loop.dist
+    # A frozen backbone never changes: the best epoch is its head's weights.
+    trained = model.head if model.frozen else model
     state = State()
     if cfg.resume and resume_path is not None:
         state = _resume(resume_path, stamp, loop, live)
@@ -165,7 +178,7 @@ def fit(model: GeoNet, train: dict[int, CachedSplit] | FeatureSplit,
                      figures["val_median_km"], time.perf_counter() - started)
         if state.best is None or figures["val_median_km"] < state.best["val_median_km"]:
             state.best, state.stale = figures, 0
-            state.best_state = copy.deepcopy(model.state_dict())
+            state.best_state = copy.deepcopy(trained.state_dict())
         else:
             state.stale += 1
         state.epoch = epoch + 1
@@ -174,7 +187,7 @@ def fit(model: GeoNet, train: dict[int, CachedSplit] | FeatureSplit,
         if state.stale >= cfg.patience:
             log.info("early stop: no better val median km for %d epochs", cfg.patience)
             break
-    model.load_state_dict(state.best_state)
+    trained.load_state_dict(state.best_state)
     model.to("cpu", memory_format=torch.contiguous_format)
     return {"best_epoch": state.best["epoch"], "epochs_run": state.epoch,
             "device": loop.device.type, "precision": loop.precision,

@@ -19,19 +19,16 @@ from geoloc.io import write_json
 from geoloc.models import build_model
 from geoloc.params import as_dict, load_params
 from geoloc.stage import run_stage
-from geoloc.train import fingerprint, fit, seed_everything, start_distributed, stop_distributed
+from geoloc.train import (
+    SilentLive,
+    fingerprint,
+    fit,
+    seed_everything,
+    start_distributed,
+    stop_distributed,
+)
 
 log = logging.getLogger("stages.train")
-
-
-class _Silent:
-    """The DVCLive logger of a DDP rank other than 0: rank 0 logs for all."""
-
-    def log_metric(self, *args, **kwargs) -> None:
-        pass
-
-    def next_step(self) -> None:
-        pass
 
 
 def main() -> None:
@@ -67,7 +64,7 @@ def main() -> None:
     model = build_model(params.model, len(cells))
     stamp = fingerprint(as_dict(params), train_rows, val.rows, cells)
     resume = Path(args.resume)
-    live = Live(args.live, dvcyaml=False, save_dvc_exp=False) if dist.main else _Silent()
+    live = Live(args.live, dvcyaml=False, save_dvc_exp=False) if dist.main else SilentLive()
     started = time.perf_counter()
     try:
         summary = fit(model, train, val, cells, params.train, params.loss, live,

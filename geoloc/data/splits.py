@@ -137,10 +137,11 @@ def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
     listed one, or under the spatial protocol one in a test block) are dropped, not trained
     on, and val takes `val_fraction` of the rest.
 
-    Under the spatial protocol an image lying in a block of another split than its own is
-    dropped (the ends of drives that leave their home block), so no test or val block holds a
-    train image. Val and test then keep one image per sequence if asked. A cell's point is the
-    mean position of its training images; a cell with none keeps its hexagon centre, which
+    Every row holds its `unit`: its twin group, or under the spatial protocol its group's
+    home block. Under the spatial protocol an image lying in a block of another split than its
+    own is dropped (the ends of drives that leave their home block), so no test or val block
+    holds a train image. Val and test then keep one image per sequence if asked. A cell's point
+    is the mean position of its training images; a cell with none keeps its hexagon centre, which
     uses no data and so cannot leak. Val and test images in such a cell stay: they are the
     photos of places training never saw, which a user's photos can be too (a classifier
     cannot name their cell; retrieval may still find a neighbour), and dropping them would
@@ -174,14 +175,11 @@ def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
         keep = _one_per_sequence(images.loc[split.index]) | (split == "train")
         dropped["one_per_sequence"] = _count(split[~keep])
         split = split[keep]
-    train = images.loc[split.index[split == "train"]]
-    points = train.groupby("label").agg(lat=("lat", "mean"), lon=("lon", "mean"),
-                                        n_train=("lat", "size"))
-    cells = cells.join(points, on="label")
-    cells["n_train"] = cells["n_train"].fillna(0).astype("int64")
-    cells["lat"] = cells["lat"].fillna(cells["center_lat"])
-    cells["lon"] = cells["lon"].fillna(cells["center_lon"])
-    unseen = _count(split[~images.loc[split.index, "label"].isin(points.index)])
+    cells = with_points(cells, images.loc[split.index[split == "train"]])
+    unseen = _count(split[~images.loc[split.index, "label"].isin(
+        cells.loc[cells["n_train"] > 0, "label"])])
+    # Each photo keeps its unit, so cross-validation cuts folds along the same lines.
+    images = images.assign(unit=units.astype(str))
     frames = {name: images.loc[split.index[split == name]].sort_values("image_id")
               .reset_index(drop=True) for name in SPLITS}
     audit = split_audit(frames, groups, block_resolution)
@@ -191,6 +189,20 @@ def make_splits(images: pd.DataFrame, cells: pd.DataFrame, cfg: SplitParams,
     audit["cells_without_train_images"] = int((cells["n_train"] == 0).sum())
     audit["images_in_cells_without_train_images"] = unseen
     return frames, cells, audit
+
+
+def with_points(cells: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+    """The class table with each cell's point the mean position of its `train` photos and
+    `n_train` their count; a cell with none keeps its hexagon centre, which uses no data and
+    so cannot leak."""
+    points = train.groupby("label").agg(lat=("lat", "mean"), lon=("lon", "mean"),
+                                        n_train=("lat", "size"))
+    cells = cells.drop(columns=["lat", "lon", "n_train"], errors="ignore").join(points,
+                                                                                on="label")
+    cells["n_train"] = cells["n_train"].fillna(0).astype("int64")
+    cells["lat"] = cells["lat"].fillna(cells["center_lat"])
+    cells["lon"] = cells["lon"].fillna(cells["center_lon"])
+    return cells
 
 
 def read_test_sequences(path: Path | str, images: pd.DataFrame) -> frozenset[str]:
