@@ -3,11 +3,12 @@ cell classification and two trivial baselines, overall and per city."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
+from geoloc.choice import CROSSVAL, VALIDATION, Answer, answer_errors, candidates, choose
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km, mean_point
 from geoloc.inference import (
@@ -26,7 +27,7 @@ from geoloc.metrics import (
     sequence_median_km,
     topk_accuracy,
 )
-from geoloc.params import EvaluateParams
+from geoloc.params import AUTO, EvaluateParams
 from geoloc.retrieval import RetrievalIndex, retrieval_points
 
 CONFUSION_CELLS = 10   # the confusion plot shows the test's most frequent cells, the rest as one
@@ -40,13 +41,19 @@ class Evaluation:
     predictions: pd.DataFrame   # one row per test image, every mode's point and error
     by_city: pd.DataFrame       # the headline figures per city
     calibration: pd.DataFrame   # accuracy and error per confidence bin (argmax)
+    mode: str                   # the headline mode (auto's choice, or params')
 
 
 def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
-             val: Outputs | None = None, index: RetrievalIndex | None = None) -> Evaluation:
+             val: Outputs | None = None, index: RetrievalIndex | None = None,
+             crossval: dict | None = None) -> Evaluation:
     """Score a model's outputs on the test split; with `cfg.calibrate`, its probabilities are
     first rescaled by a temperature fitted on its `val` outputs. With a retrieval `index` (and
-    the test photos' features), the retrieval mode and the nearest photo are scored too."""
+    the test photos' features), the retrieval mode and the nearest photo are scored too.
+
+    With `cfg.mode` auto, the headline is the answer (geoloc.choice) with the lowest median
+    km in `crossval` (metrics/crossval.json of this very model's kind) or, without it, on
+    `val`: the test split is never read for it."""
     rows = test.rows.reset_index(drop=True)
     if len(rows) == 0:
         raise GeolocError("the test split has no images: nothing to evaluate (see "
@@ -56,12 +63,19 @@ def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
     recipe = Recipe(cells, cfg.top_k, index=index, neighbours=cfg.retrieval.neighbours,
                     within_top_cells=cfg.retrieval.within_top_cells)
     modes = recipe.modes(test)
-    if cfg.mode not in modes:
+    if cfg.mode != AUTO and cfg.mode not in modes:
         raise GeolocError(f"evaluate.mode: {cfg.mode!r} is not available for this model; "
                           f"available: {', '.join(modes)} (all modes: {', '.join(MODES)})")
     if cfg.calibrate and val is not None and len(val.rows):
         recipe.temperature, recipe.sequence_temperature = fit_temperatures(val.logits,
                                                                            val.rows)
+    choice = {"chosen_by": "params"}
+    if cfg.mode == AUTO:
+        answer, choice = choose_answer(recipe, candidates(modes, cfg.auto), val, crossval)
+        if answer.mode == "retrieval":
+            recipe.neighbours, recipe.within_top_cells = (answer.neighbours,
+                                                          answer.within_top_cells)
+        cfg = replace(cfg, mode=answer.mode)
     log_probs = recipe.log_probs(test)
     guesses = {mode: recipe.points(mode, test) for mode in modes}
     errors = {mode: haversine_km(rows["lat"], rows["lon"], lat, lon)
@@ -105,7 +119,31 @@ def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
                                  group, cfg.bootstrap_samples),
          **reference_medians(group, cells)}
         for city, group in rows.groupby("city", sort=True)])
-    return Evaluation(metrics, mode_figures, recipe, predictions, by_city, calibration)
+    metrics["choice"] = choice
+    return Evaluation(metrics, mode_figures, recipe, predictions, by_city, calibration, cfg.mode)
+
+
+def choose_answer(recipe: Recipe, answers: list[Answer], val: Outputs | None,
+                  crossval: dict | None) -> tuple[Answer, dict]:
+    """The answer `auto` serves, and what it was chosen on with the medians behind it."""
+    if crossval is not None and crossval.get("folds"):
+        medians = {name: figures["median_km"] for name, figures in crossval["answers"].items()}
+        answers, chosen_by = [a for a in answers if a.name in medians], CROSSVAL
+    elif val is not None and len(val.rows):
+        medians = {name: float(np.median(km))
+                   for name, km in answer_errors(recipe, answers, val).items()}
+        chosen_by = VALIDATION
+    else:
+        raise GeolocError("evaluate.mode auto chooses on held-out photos, and there are none: "
+                          "the val split is empty and cross-validation is off (crossval.folds "
+                          "0); set split.val_fraction above 0, or name a mode")
+    if not answers:
+        raise GeolocError("evaluate.mode auto: no answer of metrics/crossval.json is one this "
+                          "model has: run `dvc repro crossval`")
+    answer = choose(answers, medians)
+    return answer, {"chosen_by": chosen_by, "answer": answer.name,
+                    "held_out_median_km": medians[answer.name],
+                    "held_out_medians_km": {a.name: medians[a.name] for a in answers}}
 
 
 def fit_temperatures(val_logits: np.ndarray, val_rows: pd.DataFrame) -> tuple[float, float]:

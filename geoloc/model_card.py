@@ -40,8 +40,8 @@ def model_card(params: dict, trained: dict, evaluation: dict, data: dict, export
   `{loss['name']}`; trained on {trained.get('device', 'a device not recorded')} in
   {trained.get('precision', 'a precision not recorded')} (train.precision
   `{params['train']['precision']}`).
-- The answer's default mode is `{spec['mode']}`, the one evaluated below; the snapshot serves
-  every mode evaluate scored, with the same functions and temperatures.
+- The answer's default mode is `{spec['mode']}`, the one evaluated below{_chosen(spec)}; the
+  snapshot serves every mode evaluate scored, with the same functions and temperatures.
 - Input: one RGB photo, resized and centre-cropped to {export['image_size']} px (model.json);
   output: a probability per cell (softmax of logits / temperature, temperature
   {evaluation.get('temperature', 1.0):.3g} fitted on the validation split).
@@ -116,3 +116,15 @@ to leave the index out (the retrieval mode is then not served)."""
 def _within(recipe: dict) -> str:
     cells = recipe["within_top_cells"]
     return f", among the photos of the {cells} likeliest cells" if cells else ""
+
+
+def _chosen(spec: dict) -> str:
+    """How the mode was chosen, where `evaluate.mode: auto` chose it (a recipe written before
+    auto existed has no `choice`)."""
+    choice = spec.get("choice", {})
+    if choice.get("chosen_by") in (None, "params"):
+        return ""
+    on = ("under cross-validation by drive" if choice["chosen_by"] == "crossval"
+          else "on the validation split")
+    return (f", chosen as `{choice['answer']}` for the lowest held-out median "
+            f"({choice['held_out_median_km']:.3g} km {on})")

@@ -246,12 +246,41 @@ class RetrievalParams:
 
 
 @dataclass(frozen=True)
+class AutoParams:
+    """The retrieval settings `evaluate.mode: auto` tries, each with each."""
+    neighbours: list[int] = knob()
+    within_top_cells: list[int] = knob()
+
+    def check(self, key: str) -> None:
+        for name, low, high in (("neighbours", 1, 1000), ("within_top_cells", 0, 100)):
+            values = getattr(self, name)
+            if not values:
+                raise ParamsError(f"{key}.{name}: list at least one value")
+            for value in values:
+                if not low <= value <= high:
+                    raise ParamsError(f"{key}.{name}: {value} is not from {low} to {high}")
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
-    mode: str = knob(choices=MODES)
+    mode: str = knob(choices=(*MODES, AUTO))
     top_k: int = knob(min=1, max=100)
     bootstrap_samples: int = knob(min=100, max=100_000)
     calibrate: bool = knob()
     retrieval: RetrievalParams = knob()
+    auto: AutoParams = knob()
+
+
+@dataclass(frozen=True)
+class CrossvalParams:
+    folds: int = knob(min=0, max=100)
+    seed: int = knob(min=0)
+
+    def check(self, key: str) -> None:
+        if self.folds in (1, 2):
+            raise ParamsError(f"{key}.folds is {self.folds}: set it to 0 (no cross-validation) "
+                              f"or at least 3 (one fold answered, one to stop training and "
+                              f"calibrate on, the rest to train on)")
 
 
 @dataclass(frozen=True)
@@ -271,6 +300,7 @@ class Params:
     model: ModelParams = knob()
     loss: LossParams = knob()
     train: TrainParams = knob()
+    crossval: CrossvalParams = knob()
     evaluate: EvaluateParams = knob()
     export: ExportParams = knob()
 

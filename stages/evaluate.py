@@ -2,6 +2,7 @@
 and write the feature index the retrieval mode searches (the export ships it)."""
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def main() -> None:
     parser.add_argument("--recipe", default="models/recipe.json",
                         help="the headline mode and what turns outputs into points (the "
                              "temperatures among them): the export ships it")
+    parser.add_argument("--crossval", default="metrics/crossval.json",
+                        help="the crossval stage's figures (evaluate.mode auto chooses from "
+                             "them)")
     parser.add_argument("--metrics", default="metrics/eval.json")
     parser.add_argument("--modes", default="metrics/eval_modes.json",
                         help="the figures of every inference mode")
@@ -48,22 +52,26 @@ def main() -> None:
     rows = {split: load_split(args.splits, split) for split in SPLITS}
     features = {split: load_features(args.features, split, rows[split], params.features)
                 for split in SPLITS}
+    frozen = checkpoint["model"]["freeze_backbone"]
     outputs = {}
     for split in ("test", "val"):
         # A frozen backbone's head reads the features; other models read the cached images.
-        data = (features[split] if checkpoint["model"]["freeze_backbone"] else
+        data = (features[split] if frozen else
                 load_cache(args.cache, split, size, rows[split]))
         outputs[split] = Outputs(data.rows, *split_outputs(model, data),
-                                 features=features_of(features[split], data.rows)
-                                 if split == "test" else None)
+                                 features=features_of(features[split], data.rows))
     train = features["train"]
     index = RetrievalIndex.build(train.features[train.rows["feature_row"]], train.rows["lat"],
                                  train.rows["lon"], train.rows["label"],
                                  params.evaluate.retrieval.dims)
-    result = evaluate(outputs["test"], cells, params.evaluate, outputs["val"], index)
+    # Cross-validation re-fits the head on the features: its figures are this model's only
+    # when this model is such a head.
+    crossval = json.loads(Path(args.crossval).read_text()) if frozen else None
+    result = evaluate(outputs["test"], cells, params.evaluate, outputs["val"], index, crossval)
     index.save(args.retrieval)
-    write_json({"mode": params.evaluate.mode, "recipe": result.recipe.settings()}, args.recipe,
-               rounded=False)
+    mode = result.mode
+    write_json({"mode": mode, "recipe": result.recipe.settings(),
+                "choice": result.metrics["choice"]}, args.recipe, rounded=False)
 
     write_json(result.metrics, args.metrics)
     write_json(result.modes, args.modes)
@@ -73,7 +81,7 @@ def main() -> None:
     metrics = result.metrics
     log.info("test (%s, temperature %.2f): median %.2f km [%.2f, %.2f], p90 %.1f km, beyond "
              "200 km %.3f; classifier accuracy %.3f; floor %.2f km, baseline %.1f km",
-             params.evaluate.mode, metrics["temperature"], metrics["median_km"],
+             mode, metrics["temperature"], metrics["median_km"],
              metrics["median_km_ci_low"], metrics["median_km_ci_high"], metrics["p90_km"],
              metrics["far_200km"], metrics["accuracy"], metrics["floor_median_km"],
              metrics["baseline_median_km"])

@@ -325,3 +325,44 @@ def test_retrieval_is_scored_beside_the_other_modes_with_the_nearest_photo():
     np.testing.assert_allclose(photos["floor_km"], geo.haversine_km(
         photos["lat"], photos["lon"], cells.set_index("label").loc[photos["label"], "lat"],
         cells.set_index("label").loc[photos["label"], "lon"]))
+
+
+def test_auto_chooses_on_held_out_photos_and_never_on_test():
+    """The same world as above: features that tell the places apart and an untrained
+    classifier. Auto picks retrieval on val; scrambling the test photos' positions changes
+    the test figures but not the choice; with cross-validated figures, it takes theirs."""
+    cells = cell_table([PARIS, NEAR_PARIS, MARSEILLE])
+    rng = np.random.default_rng(5)
+    directions = rng.normal(0, 1, (3, 32))
+    train_labels = np.repeat(np.arange(3), 20)
+    index = RetrievalIndex.build(directions[train_labels] * 3 + rng.normal(0, 1, (60, 32)),
+                                 cells["lat"].to_numpy()[train_labels] + 0.01,
+                                 cells["lon"].to_numpy()[train_labels], train_labels, dims=8)
+    model = build_model(replace(PARAMS.model, width=4), len(cells)).eval()
+    val, test = split(cells, n=30), split(cells, n=24)
+    val_out, test_out = (outputs(model, s, directions[s.rows["label"]] * 3
+                                 + rng.normal(0, 1, (len(s.rows), 32))) for s in (val, test))
+    cfg = replace(PARAMS.evaluate, mode="auto", bootstrap_samples=200,
+                  auto=replace(PARAMS.evaluate.auto, neighbours=[1, 5], within_top_cells=[0]))
+    result = evaluate(test_out, cells, cfg, val_out, index)
+    choice = result.metrics["choice"]
+    assert (result.mode, choice["chosen_by"], choice["answer"]) == ("retrieval", "validation",
+                                                                    "retrieval_k1_all")
+    assert choice["held_out_median_km"] == min(choice["held_out_medians_km"].values()) < 0.1
+    assert (result.recipe.neighbours, result.recipe.within_top_cells) == (1, 0)
+    scrambled = test_out.rows.assign(lat=rng.permutation(test_out.rows["lat"].to_numpy()) + 1,
+                                     lon=rng.permutation(test_out.rows["lon"].to_numpy()))
+    again = evaluate(Outputs(scrambled, test_out.logits, test_out.offsets, test_out.features),
+                     cells, cfg, val_out, index)
+    assert again.metrics["median_km"] != result.metrics["median_km"]
+    assert (again.mode, again.metrics["choice"]) == (result.mode, choice)
+    # Cross-validated figures decide when there are some, even against val.
+    crossval = {"folds": 5, "answers": {"argmax": {"median_km": 0.5},
+                                        "retrieval_k1_all": {"median_km": 0.9}}}
+    by_crossval = evaluate(test_out, cells, cfg, val_out, index, crossval)
+    assert by_crossval.mode == "argmax"
+    assert by_crossval.metrics["choice"]["chosen_by"] == "crossval"
+    assert by_crossval.metrics["choice"]["held_out_medians_km"] == {"argmax": 0.5,
+                                                                    "retrieval_k1_all": 0.9}
+    off = evaluate(test_out, cells, cfg, val_out, index, {"folds": 0})
+    assert off.metrics["choice"]["chosen_by"] == "validation"

@@ -26,8 +26,7 @@ DATA = ["fetch.source=local", "fetch.local.csv=data/photos/capferret/photos.csv"
 PRESET = ["index.coarsest_resolution=auto", "index.finest_resolution=auto",
           "index.max_images_per_cell=auto", "index.min_images_per_cell=auto",
           "model.arch=efficientnet_lite0", "model.pretrained=true",
-          "model.freeze_backbone=true", "evaluate.mode=retrieval",
-          "evaluate.retrieval.within_top_cells=0"]
+          "model.freeze_backbone=true", "evaluate.mode=auto"]
 
 
 def test_the_readme_gives_the_preset_tested_here():
@@ -73,12 +72,17 @@ def test_the_photos_run_through_the_pipeline_with_the_preset(region):
     split = json.loads((region / "metrics/split.json").read_text())
     assert split["shared_sequences"] == 0 and split["block_resolution"] > max(
         int(r) for r in data["cells_per_resolution"])
+    # The answer is the one with the lowest cross-validated median, served as chosen.
+    crossval = json.loads((region / "metrics/crossval.json").read_text())
+    assert crossval["folds"] == 5 and crossval["drives"] >= 15
     evaluation = json.loads((region / "metrics/eval.json").read_text())
+    choice = evaluation["choice"]
+    assert choice["chosen_by"] == "crossval" and choice["answer"] == crossval["choice"]
     modes = json.loads((region / "metrics/eval_modes.json").read_text())
-    assert evaluation["median_km"] == modes["retrieval"]["median_km"]
-    assert "nearest_photo_median_km" in evaluation
     spec = json.loads((region / "models/export/model.json").read_text())
-    assert spec["mode"] == "retrieval" and spec["image_size"] == 224
+    assert evaluation["median_km"] == modes[spec["mode"]]["median_km"]
+    assert spec["choice"] == choice and spec["image_size"] == 224
+    assert "nearest_photo_median_km" in evaluation
 
 
 def test_panorama_faces_are_one_place_in_a_sequence(region):

@@ -27,9 +27,10 @@ TINY = {
     "cache": {"sizes": [32]},
     "model": {"width": 4},
     "train": {"epochs": 2, "batch_size": 32},
+    "crossval": {"folds": 3},   # four drives per city, one of them may be in test
 }
 REPRODUCIBLE_STAGES = ["fetch@batch01", "fetch@batch02", "index", "split", "resize_cache",
-                       "features", "train", "evaluate"]
+                       "features", "crossval", "train", "evaluate"]
 
 
 def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -125,6 +126,14 @@ def test_repro_writes_every_metric(repo):
     for plot in ("coverage", "images_per_cell", "test_to_train_km"):
         with Image.open(repo / f"plots/data/{plot}.png") as image:
             assert image.format == "PNG" and min(image.size) > 400, plot
+    crossval = json.loads((repo / "metrics/crossval.json").read_text())
+    assert crossval["photos"] == split["images"]["train"] + split["images"]["val"]
+    assert crossval["choice"] in crossval["answers"]
+    for name, figures in {**crossval["answers"], **crossval["references"]}.items():
+        assert figures["median_km_ci_low"] <= figures["median_km"] <= \
+            figures["median_km_ci_high"], name
+        assert figures["vs_nearest_photo_km_ci_low"] <= figures["vs_nearest_photo_km_ci_high"]
+    assert evaluation["choice"] == {"chosen_by": "params"}   # the params name argmax
     train_log = json.loads((repo / "metrics/train/metrics.json").read_text())
     assert "val_median_km" in train_log
     export = json.loads((repo / "metrics/export.json").read_text())
@@ -251,6 +260,36 @@ def test_a_hybrid_model_serves_its_offsets(repo, tmp_path):
     assert not np.allclose(points["hybrid"][0], points["argmax"][0])   # the offsets move them
 
 
+def test_auto_serves_the_answer_cross_validation_chose(repo, tmp_path):
+    """A head on the features, evaluate.mode auto: the answer with the lowest cross-validated
+    median is the headline, and the snapshot serves it with its retrieval settings."""
+    work = workspace(repo, tmp_path)
+    write_params(work, **{**TINY, "model": {"arch": "efficientnet_lite0", "pretrained": True,
+                                            "freeze_backbone": True},
+                          "evaluate": {"mode": "auto"}})
+    run(["dvc", "repro", "export"], work)
+    crossval = json.loads((work / "metrics/crossval.json").read_text())
+    medians = {name: f["median_km"] for name, f in crossval["answers"].items()}
+    choice = json.loads((work / "metrics/eval.json").read_text())["choice"]
+    assert choice["chosen_by"] == "crossval" and choice["answer"] == crossval["choice"]
+    assert choice["held_out_median_km"] == min(medians.values())
+    spec = json.loads((work / "models/export/model.json").read_text())
+    assert spec["choice"] == choice
+    card = (work / "models/export/MODEL_CARD.md").read_text()
+    assert f"chosen as `{choice['answer']}` for the lowest held-out median" in card
+    assert "under cross-validation by drive" in card
+    from geoloc.predictor import Predictor
+
+    predictor = Predictor(work / "models/export")
+    answer = crossval["choice"]
+    assert predictor.mode == (answer.split("_k")[0] if answer.startswith("retrieval")
+                              else answer)
+    if predictor.mode == "retrieval":
+        k, among = answer.removeprefix("retrieval_k").split("_")
+        assert predictor.recipe.neighbours == int(k)
+        assert predictor.recipe.within_top_cells == (0 if among == "all" else int(among[3:]))
+
+
 def test_an_export_without_the_feature_index(repo, tmp_path):
     """export.retrieval_index false: no training photo's position leaves with the snapshot,
     and the snapshot does not offer the retrieval mode."""
@@ -304,7 +343,8 @@ def test_changed_param_reruns_only_what_depends_on_it(repo, tmp_path):
     result = run(["dvc", "repro"], repo)
     ran = {line.split("'")[1] for line in result.stdout.splitlines()
            if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate", "export"}   # the features are not computed again
+    # The features are not computed again; cross-validation trains its heads as train does.
+    assert ran == {"crossval", "train", "evaluate", "export"}
     diff = run(["dvc", "params", "diff"], repo).stdout
     assert "train.epochs" in diff
 
@@ -318,7 +358,7 @@ def test_a_new_split_computes_no_feature_again(repo, tmp_path):
     result = run(["dvc", "repro"], repo)
     ran = {line.split("'")[1] for line in result.stdout.splitlines()
            if line.startswith("Running stage")}
-    assert ran == {"split", "resize_cache", "train", "evaluate", "export"}
+    assert ran == {"split", "resize_cache", "crossval", "train", "evaluate", "export"}
     assert (repo / "data/features/features.npy").read_bytes() == features
 
 
