@@ -41,6 +41,7 @@ bench: install
 	$(PY) bench/serve.py --out metrics/bench.json
 	$(PY) bench/features.py --out metrics/bench.json
 	$(PY) bench/train.py --out metrics/bench.json
+	$(PY) bench/crossval.py --out metrics/bench.json
 	$(PY) bench/compare.py --results metrics/bench.json
 
 # Each stage's time, memory and disk at about 5k, 25k and 100k photos, in temporary clones

@@ -1,9 +1,11 @@
-"""The own-photos preset against the alternatives, on rendered regions: the README's "Your own
-photos" walk-through (geoloc.demo_photos: 25 drives of 4 panoramas of 4 faces, 400 photos of a
-20 km circle of the Atlantic coast, auto cells) in a fresh clone of HEAD, once per seed, then
-one `dvc exp run` per configuration. Writes experiments/own_photos.md, which the README quotes.
+"""The own-photos preset on rendered regions: the README's "Your own photos" walk-through
+(geoloc.demo_photos: 25 drives of 4 panoramas of 4 faces, 400 photos of a 20 km circle of the
+Atlantic coast, auto cells) in a fresh clone of HEAD, once per seed, then the preset as one
+`dvc exp run`. Writes experiments/own_photos.md, which the README quotes: seed by seed, auto's
+choice with its cross-validated interval beside one split's test interval and the mode best on
+test; then every answer of the cross-validation against the nearest photo.
 
-    python experiments/own_photos.py                 # seeds 0 1 2; about 10 minutes
+    python experiments/own_photos.py                 # seeds 0 to 5
     python experiments/own_photos.py --seeds 0
 
 Every figure here is from the synthetic world: renders, not photos. They say what the
@@ -33,21 +35,9 @@ DATA = {"fetch.source": "local", "fetch.local.csv": "data/photos/capferret/photo
         "index.min_images_per_cell": "auto"}
 PROBE = {"model.arch": "efficientnet_lite0", "model.pretrained": "true",
          "model.freeze_backbone": "true"}
-# The own-photos preset of the README (beyond DATA): the probe, and retrieval among all
-# training photos as the headline.
-PRESET = {**PROBE, "evaluate.mode": "retrieval", "evaluate.retrieval.within_top_cells": "0"}
-# name -> (params beyond DATA, the modes of its eval_modes.json to report)
-CONFIGS = {
-    "cnn (the default model)": ({}, ("argmax", "sequence")),
-    "probe-linear": (PROBE, ("argmax", "sequence", "retrieval")),
-    "probe-mlp": ({**PROBE, "model.head": "mlp"}, ("argmax",)),
-    "preset: retrieval among all, k=10": (PRESET, ("retrieval", "sequence")),
-    "retrieval among all, k=5": ({**PRESET, "evaluate.retrieval.neighbours": "5"},
-                                 ("retrieval",)),
-    "retrieval among all, k=20": ({**PRESET, "evaluate.retrieval.neighbours": "20"},
-                                  ("retrieval",)),
-}
-FIGURES = ("median_km", "p90_km", "accuracy")
+# The own-photos preset of the README (beyond DATA): the probe, cross-validated, with the answer
+# chosen on the cross-validation.
+PRESET = {**PROBE, "evaluate.mode": "auto", "crossval.folds": "5"}
 
 
 def run(args: list[str], cwd: Path) -> str:
@@ -72,62 +62,81 @@ def region(tmp: Path, seed: int) -> Path:
     return repo
 
 
-def measure(repo: Path, changes: dict) -> dict:
-    """The test figures of one configuration (HEAD's params, DATA and `changes`): every mode's,
-    and the references."""
-    # `dvc exp run` leaves its params in the workspace: start each run from HEAD's.
+def measure(repo: Path) -> dict:
+    """The preset's figures on one region: the cross-validation's, evaluate's on test (every
+    mode's too) and the split's."""
+    # `dvc exp run` leaves its params in the workspace: start from HEAD's.
     run(["git", "checkout", "--", "params.yaml"], repo)
-    sets = [arg for key, value in {**DATA, **changes}.items() for arg in ("-S", f"{key}={value}")]
+    sets = [arg for key, value in {**DATA, **PRESET}.items() for arg in ("-S", f"{key}={value}")]
     run(["dvc", "exp", "run", "evaluate", *sets], repo)
-    return {"modes": json.loads((repo / "metrics/eval_modes.json").read_text()),
-            "eval": json.loads((repo / "metrics/eval.json").read_text()),
-            "split": json.loads((repo / "metrics/split.json").read_text()),
-            "data": json.loads((repo / "metrics/data.json").read_text())}
+    return {name: json.loads((repo / f"metrics/{name}.json").read_text())
+            for name in ("crossval", "eval", "eval_modes", "split", "data")}
 
 
-def table(results: dict[int, dict[str, dict]]) -> str:
+def seed_table(results: dict[int, dict]) -> list[str]:
+    """Seed by seed: auto's choice with its cross-validated interval, the same answer on the
+    test split with one split's interval, and the mode that was best on test."""
+    lines = ["| seed | test photos (drives) | auto's choice | cross-validated median km "
+             "[95%] | width | its test median km [95%] | width | best mode on test (km) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for seed, r in sorted(results.items()):
+        cv, test, modes = r["crossval"], r["eval"], r["eval_modes"]
+        chosen = cv["answers"][cv["choice"]]
+        best = min(modes, key=lambda mode: modes[mode]["median_km"])
+        lines.append(
+            f"| {seed} | {test['images']} ({test['sequences']}) | {cv['choice']} | "
+            f"{chosen['median_km']:.2f} [{chosen['median_km_ci_low']:.2f}, "
+            f"{chosen['median_km_ci_high']:.2f}] | "
+            f"{chosen['median_km_ci_high'] - chosen['median_km_ci_low']:.2f} | "
+            f"{test['median_km']:.2f} [{test['median_km_ci_low']:.2f}, "
+            f"{test['median_km_ci_high']:.2f}] | "
+            f"{test['median_km_ci_high'] - test['median_km_ci_low']:.2f} | "
+            f"{best} ({modes[best]['median_km']:.2f}) |")
+    return lines
+
+
+def answers_table(results: dict[int, dict]) -> list[str]:
+    """Every answer the cross-validation scores, against the nearest photo: the mean median
+    over the seeds, and on how many seeds the paired interval says better, no difference or
+    worse."""
     seeds = sorted(results)
-    # Every configuration sees the same data; the probe's run gives the references.
-    probe = {s: results[s]["probe-linear"] for s in seeds}
-    tests = ", ".join(str(probe[s]["split"]["images"]["test"]) for s in seeds)
-    lines = [f"Rendered regions (seeds {', '.join(map(str, seeds))}): 400 photos each, "
-             f"{probe[seeds[0]]['data']['cells']} cells for seed {seeds[0]}; test photos per "
-             f"seed {tests}. Mean over the seeds (each seed's figure in brackets).", "",
-             "| configuration | mode | median km | p90 km | accuracy |", "|---|---|---|---|---|"]
+    first = results[seeds[0]]["crossval"]
+    lines = ["| answer | median km, mean over seeds | p90 km, mean | vs nearest photo: better / "
+             "no difference / worse (seeds) |", "|---|---|---|---|"]
+    for name in [*first["answers"], *first["references"]]:
+        figures = [{**results[s]["crossval"]["answers"], **results[s]["crossval"][
+            "references"]}[name] for s in seeds]
+        verdicts = [("better" if f["vs_nearest_photo_km_ci_high"] < 0 else
+                     "worse" if f["vs_nearest_photo_km_ci_low"] > 0 else "same")
+                    for f in figures]
+        lines.append(f"| {name} | {np.mean([f['median_km'] for f in figures]):.2f} | "
+                     f"{np.mean([f['p90_km'] for f in figures]):.2f} | "
+                     f"{verdicts.count('better')} / {verdicts.count('same')} / "
+                     f"{verdicts.count('worse')} |")
+    return lines
 
-    def cell(values: list) -> str:
-        if any(v is None for v in values):
-            return "–"
-        each = ", ".join(f"{v:.3g}" for v in values)
-        return f"{np.mean(values):.3g} [{each}]" if len(values) > 1 else f"{values[0]:.3g}"
 
-    def reference(key: str) -> str:
-        return cell([probe[s]["eval"][key] for s in seeds])
-
-    for name, (_, modes) in CONFIGS.items():
-        for mode in modes:
-            figures = [[results[s][name]["modes"][mode].get(k) for s in seeds] for k in FIGURES]
-            lines.append(f"| {name} | {mode} | " + " | ".join(map(cell, figures)) + " |")
-    lines += [f"| nearest photo (no model) | – | {reference('nearest_photo_median_km')} | "
-              f"{reference('nearest_photo_p90_km')} | – |",
-              f"| cell floor | – | {reference('floor_median_km')} | – | – |",
-              f"| train centroid | – | {reference('centroid_median_km')} | – | – |"]
-    return "\n".join(lines) + "\n"
+def table(results: dict[int, dict]) -> str:
+    seeds = sorted(results)
+    first = results[seeds[0]]
+    head = [f"Rendered regions (seeds {', '.join(map(str, seeds))}): {first['data']['images']} "
+            f"photos each, {first['data']['cells']} cells for seed {seeds[0]}. The preset: the "
+            f"EfficientNet-Lite0 probe, {first['crossval']['folds']}-fold cross-validation by "
+            f"drive over the train and val photos ({first['crossval']['photos']} for seed "
+            f"{seeds[0]}), evaluate.mode auto. Intervals are 95%, resampling drives.", ""]
+    return "\n".join([*head, *seed_table(results), "", *answers_table(results)]) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            repo = region(Path(tmp), seed)
-            results[seed] = {}
-            for name, (changes, _) in CONFIGS.items():
-                print(f"seed {seed}: {name}", file=sys.stderr)
-                results[seed][name] = measure(repo, changes)
+            print(f"seed {seed}", file=sys.stderr)
+            results[seed] = measure(region(Path(tmp), seed))
     text = table(results)
     TABLE.write_text(text)
     print(text)
