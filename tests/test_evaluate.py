@@ -297,9 +297,9 @@ def test_temperature_scaling_recovers_the_temperature_that_drew_the_labels():
         assert inference.fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
 
 
-def test_retrieval_is_scored_beside_the_other_modes_with_the_nearest_photo():
-    """Features that tell the three places apart, an untrained classifier: retrieval finds
-    each test photo's place among the training photos, the classifier's modes do not."""
+def places_world():
+    """Three places, features that tell them apart (each place's direction plus noise), the
+    training photos' index and an untrained classifier; `photos(n)` gives n photos' outputs."""
     cells = cell_table([PARIS, NEAR_PARIS, MARSEILLE])
     rng = np.random.default_rng(5)
     directions = rng.normal(0, 1, (3, 32))
@@ -307,11 +307,22 @@ def test_retrieval_is_scored_beside_the_other_modes_with_the_nearest_photo():
     index = RetrievalIndex.build(directions[train_labels] * 3 + rng.normal(0, 1, (60, 32)),
                                  cells["lat"].to_numpy()[train_labels] + 0.01,
                                  cells["lon"].to_numpy()[train_labels], train_labels, dims=8)
-    test = split(cells, n=30)
-    features = directions[test.rows["label"]] * 3 + rng.normal(0, 1, (30, 32))
     model = build_model(replace(PARAMS.model, width=4), len(cells)).eval()
+
+    def photos(n: int) -> Outputs:
+        photos = split(cells, n)
+        return outputs(model, photos, directions[photos.rows["label"]] * 3
+                       + rng.normal(0, 1, (n, 32)))
+
+    return cells, index, photos, rng
+
+
+def test_retrieval_is_scored_beside_the_other_modes_with_the_nearest_photo():
+    """Features that tell the three places apart, an untrained classifier: retrieval finds
+    each test photo's place among the training photos, the classifier's modes do not."""
+    cells, index, photos, _ = places_world()
     cfg = replace(PARAMS.evaluate, mode="retrieval", bootstrap_samples=200)
-    result = evaluate(outputs(model, test, features), cells, cfg, index=index)
+    result = evaluate(photos(30), cells, cfg, index=index)
     assert "retrieval" in result.modes and result.modes["retrieval"]["accuracy"] == 1.0
     assert result.metrics["median_km"] == result.modes["retrieval"]["median_km"] < 0.1
     assert result.metrics["nearest_photo_median_km"] < 0.1
@@ -331,17 +342,8 @@ def test_auto_chooses_on_held_out_photos_and_never_on_test():
     """The same world as above: features that tell the places apart and an untrained
     classifier. Auto picks retrieval on val; scrambling the test photos' positions changes
     the test figures but not the choice; with cross-validated figures, it takes theirs."""
-    cells = cell_table([PARIS, NEAR_PARIS, MARSEILLE])
-    rng = np.random.default_rng(5)
-    directions = rng.normal(0, 1, (3, 32))
-    train_labels = np.repeat(np.arange(3), 20)
-    index = RetrievalIndex.build(directions[train_labels] * 3 + rng.normal(0, 1, (60, 32)),
-                                 cells["lat"].to_numpy()[train_labels] + 0.01,
-                                 cells["lon"].to_numpy()[train_labels], train_labels, dims=8)
-    model = build_model(replace(PARAMS.model, width=4), len(cells)).eval()
-    val, test = split(cells, n=30), split(cells, n=24)
-    val_out, test_out = (outputs(model, s, directions[s.rows["label"]] * 3
-                                 + rng.normal(0, 1, (len(s.rows), 32))) for s in (val, test))
+    cells, index, photos, rng = places_world()
+    val_out, test_out = photos(30), photos(24)
     cfg = replace(PARAMS.evaluate, mode="auto", bootstrap_samples=200,
                   auto=replace(PARAMS.evaluate.auto, neighbours=[1, 5], within_top_cells=[0]))
     result = evaluate(test_out, cells, cfg, val_out, index)
