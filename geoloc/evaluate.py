@@ -46,14 +46,15 @@ class Evaluation:
 
 def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
              val: Outputs | None = None, index: RetrievalIndex | None = None,
-             crossval: dict | None = None) -> Evaluation:
+             crossval: dict | None = None, serves_retrieval: bool = True) -> Evaluation:
     """Score a model's outputs on the test split; with `cfg.calibrate`, its probabilities are
     first rescaled by a temperature fitted on its `val` outputs. With a retrieval `index` (and
     the test photos' features), the retrieval mode and the nearest photo are scored too.
 
     With `cfg.mode` auto, the headline is the answer (geoloc.choice) with the lowest median
     km in `crossval` (metrics/crossval.json of this very model's kind) or, without it, on
-    `val`: the test split is never read for it."""
+    `val`: the test split is never read for it. Without `serves_retrieval` (a snapshot that
+    ships no feature index) it never chooses retrieval."""
     rows = test.rows.reset_index(drop=True)
     if len(rows) == 0:
         raise GeolocError("the test split has no images: nothing to evaluate (see "
@@ -71,7 +72,8 @@ def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
                                                                            val.rows)
     choice = {"chosen_by": "params"}
     if cfg.mode == AUTO:
-        answer, choice = choose_answer(recipe, candidates(modes, cfg.auto), val, crossval)
+        servable = tuple(m for m in modes if serves_retrieval or m != "retrieval")
+        answer, choice = choose_answer(recipe, candidates(servable, cfg.auto), val, crossval)
         if answer.mode == "retrieval":
             recipe.neighbours, recipe.within_top_cells = (answer.neighbours,
                                                           answer.within_top_cells)

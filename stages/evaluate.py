@@ -67,7 +67,8 @@ def main() -> None:
     # Cross-validation re-fits the head on the features: its figures are this model's only
     # when this model is such a head.
     crossval = json.loads(Path(args.crossval).read_text()) if frozen else None
-    result = evaluate(outputs["test"], cells, params.evaluate, outputs["val"], index, crossval)
+    result = evaluate(outputs["test"], cells, params.evaluate, outputs["val"], index, crossval,
+                      serves_retrieval=params.export.retrieval_index)
     index.save(args.retrieval)
     mode = result.mode
     write_json({"mode": mode, "recipe": result.recipe.settings(),

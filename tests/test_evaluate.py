@@ -368,3 +368,8 @@ def test_auto_chooses_on_held_out_photos_and_never_on_test():
                                                                     "retrieval_k1_all": 0.9}
     off = evaluate(test_out, cells, cfg, val_out, index, {"folds": 0})
     assert off.metrics["choice"]["chosen_by"] == "validation"
+    # A snapshot without the feature index cannot serve retrieval: auto does not choose it.
+    bare = evaluate(test_out, cells, cfg, val_out, index, serves_retrieval=False)
+    assert bare.mode != "retrieval"
+    assert not any(name.startswith("retrieval") for name in
+                   bare.metrics["choice"]["held_out_medians_km"])

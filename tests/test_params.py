@@ -67,6 +67,11 @@ def test_repo_params_load(default_params):
      "loss.name: 'focal' is not one of cross_entropy, haversine, hierarchical"),
     ({"evaluate": {"mode": "vote"}}, "evaluate.mode: 'vote' is not one of argmax, topk"),
     ({"model": {"head": "deep"}}, "model.head: 'deep' is not one of linear, mlp"),
+    ({"crossval": {"folds": 2}}, "crossval.folds is 2: set it to 0 (no cross-validation) or "
+                                 "at least 3"),
+    ({"evaluate": {"auto": {"neighbours": []}}}, "evaluate.auto.neighbours: list at least one"),
+    ({"evaluate": {"auto": {"within_top_cells": [0, 101]}}},
+     "evaluate.auto.within_top_cells: 101 is not from 0 to 100"),
 ])
 def test_bad_params_name_the_key(change, message):
     with pytest.raises(ParamsError) as info:
