@@ -38,9 +38,6 @@ class Answer:
         return f"retrieval_k{self.neighbours}_{among}"
 
 
-NEAREST_PHOTO = Answer("retrieval", neighbours=1, within_top_cells=0)
-
-
 def candidates(modes: tuple[str, ...], cfg: AutoParams) -> list[Answer]:
     """The answers `auto` chooses among, for a model whose outputs allow `modes`."""
     answers = [Answer(mode) for mode in modes if mode != "retrieval"]

@@ -15,11 +15,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from geoloc.choice import NEAREST_PHOTO, Answer, answer_errors, candidates, choose
+from geoloc.choice import Answer, answer_errors, candidates, choose
 from geoloc.data.features import FeatureSplit
 from geoloc.data.splits import with_points
 from geoloc.errors import GeolocError
-from geoloc.evaluate import fit_temperatures
+from geoloc.evaluate import fit_temperatures, nearest_photo_km
 from geoloc.geo import haversine_km, mean_point
 from geoloc.inference import Outputs, Recipe
 from geoloc.metrics import bootstrap_ci, distance_metrics, drive_draws, weighted_percentiles
@@ -159,7 +159,7 @@ def answer_fold(features: np.ndarray, parts: dict[str, pd.DataFrame], cells: pd.
             outputs["val"].logits, val)
     answers = candidates(recipe.modes(outputs["held"]), params.evaluate.auto)
     errors = answer_errors(recipe, answers, outputs["held"])
-    errors[NEAREST] = answer_errors(recipe, [NEAREST_PHOTO], outputs["held"])[NEAREST_PHOTO.name]
+    errors[NEAREST] = nearest_photo_km(index, outputs["held"].features, held)
     centre = mean_point(train["lat"].to_numpy(), train["lon"].to_numpy(), np.ones(len(train)))
     errors[CENTROID] = haversine_km(held["lat"].to_numpy(), held["lon"].to_numpy(), *centre)
     return errors, answers, summary["epochs_run"]

@@ -26,24 +26,19 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params()
+    metrics = {"folds": 0}
     if params.crossval.folds == 0:
         log.info("crossval.folds is 0: no cross-validation (evaluate.mode auto chooses on val)")
-        write_json({"folds": 0}, args.metrics)
-        return
-    cells = load_cells(args.splits)
-    train, val = (load_features(args.features, split, load_split(args.splits, split),
-                                params.features) for split in ("train", "val"))
-    pool = FeatureSplit(train.features, pd.concat([train.rows, val.rows], ignore_index=True)
-                        .sort_values("image_id", ignore_index=True))
-    try:
-        result = cross_validate(pool, cells, params)
-    except TooFewDrives as exc:
-        # Too little data to cross-validate is no reason to stop the rest of the pipeline.
-        log.warning("%s", exc)
-        write_json({"folds": 0}, args.metrics)
-        return
-    metrics = crossval_metrics(result, params.evaluate.bootstrap_samples)
+    else:
+        try:
+            result = cross_validate(pool(args, params), load_cells(args.splits), params)
+            metrics = crossval_metrics(result, params.evaluate.bootstrap_samples)
+        except TooFewDrives as exc:
+            # Too little data to cross-validate is no reason to stop the rest of the pipeline.
+            log.warning("%s", exc)
     write_json(metrics, args.metrics)
+    if not metrics["folds"]:
+        return
     log.info("%d photos of %d drives, %d folds; chosen: %s", metrics["photos"],
              metrics["drives"], metrics["folds"], metrics["choice"])
     for name, figures in {**metrics["answers"], **metrics["references"]}.items():
@@ -52,6 +47,15 @@ def main() -> None:
                  figures["median_km_ci_low"], figures["median_km_ci_high"], figures["p90_km"],
                  figures["vs_nearest_photo_km"], figures["vs_nearest_photo_km_ci_low"],
                  figures["vs_nearest_photo_km_ci_high"])
+
+
+def pool(args: argparse.Namespace, params) -> FeatureSplit:
+    """The train and val photos with their features, by image id: what cross-validation
+    answers."""
+    train, val = (load_features(args.features, split, load_split(args.splits, split),
+                                params.features) for split in ("train", "val"))
+    return FeatureSplit(train.features, pd.concat([train.rows, val.rows], ignore_index=True)
+                        .sort_values("image_id", ignore_index=True))
 
 
 if __name__ == "__main__":
