@@ -1,7 +1,7 @@
 """The answer a snapshot serves, chosen on held-out data (`evaluate.mode: auto`).
 
-The candidates are every classifier mode the model has and retrieval at every setting of
-`evaluate.auto` (neighbours x within_top_cells). The one with the lowest median km on photos no
+The candidates are every classifier mode the model has and retrieval and place retrieval at
+every setting of `evaluate.auto` (neighbours x within_top_cells). The one with the lowest median km on photos no
 model of it saw wins: cross-validated (geoloc.crossval) where the served model is the head on
 the features stage's features that cross-validation re-fits per fold, on the validation split
 otherwise. Nothing here reads the test split, which stays for reporting the choice.
@@ -13,46 +13,44 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geoloc.choices import RETRIEVAL_MODES
 from geoloc.geo import haversine_km
 from geoloc.inference import Outputs, Recipe
 from geoloc.params import AutoParams
-from geoloc.retrieval import retrieval_points
 
 CROSSVAL, VALIDATION = "crossval", "validation"   # what a choice was made on
 
 
 @dataclass(frozen=True)
 class Answer:
-    """A way to answer: a mode and, for retrieval, its two settings."""
+    """A way to answer: a mode and, for the retrieval modes, their two settings."""
     mode: str
     neighbours: int = 0
     within_top_cells: int = 0
 
     @property
     def name(self) -> str:
-        """`argmax`, ..., `retrieval_k10_all`, `retrieval_k10_top5`: a metric key DVC keeps
+        """`argmax`, ..., `retrieval_k10_all`, `place_k10_top5`: a metric key DVC keeps
         flat."""
-        if self.mode != "retrieval":
+        if self.mode not in RETRIEVAL_MODES:
             return self.mode
         among = "all" if self.within_top_cells == 0 else f"top{self.within_top_cells}"
-        return f"retrieval_k{self.neighbours}_{among}"
+        return f"{self.mode}_k{self.neighbours}_{among}"
 
 
 def candidates(modes: tuple[str, ...], cfg: AutoParams) -> list[Answer]:
     """The answers `auto` chooses among, for a model whose outputs allow `modes`."""
-    answers = [Answer(mode) for mode in modes if mode != "retrieval"]
-    if "retrieval" in modes:
-        answers += [Answer("retrieval", k, cells) for k in cfg.neighbours
-                    for cells in cfg.within_top_cells]
+    answers = [Answer(mode) for mode in modes if mode not in RETRIEVAL_MODES]
+    answers += [Answer(mode, k, cells) for mode in modes if mode in RETRIEVAL_MODES
+                for k in cfg.neighbours for cells in cfg.within_top_cells]
     return answers
 
 
 def answer_points(recipe: Recipe, answer: Answer, outputs: Outputs,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(label, lat, lon) per row of `outputs` under `answer`."""
-    if answer.mode == "retrieval":
-        return retrieval_points(recipe.index, outputs.features, recipe.log_probs(outputs),
-                                answer.neighbours, answer.within_top_cells)
+    if answer.mode in RETRIEVAL_MODES:
+        return recipe.points(answer.mode, outputs, answer.neighbours, answer.within_top_cells)
     return recipe.points(answer.mode, outputs)
 
 

@@ -20,7 +20,8 @@ HEADS = ("linear", "mlp")
 LOSSES = ("cross_entropy", "haversine", "hierarchical")
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("argmax", "topk", "topk_mean", "hierarchical", "hybrid", "sequence", "sequence_online",
-         "retrieval")
+         "retrieval", "place")
+RETRIEVAL_MODES = ("retrieval", "place")   # the modes that search the feature index
 SEQUENCE_MODES = ("sequence", "sequence_online")   # the modes that read a photo's drive
 
 

@@ -21,7 +21,7 @@ from geoloc.data.splits import with_points
 from geoloc.errors import GeolocError
 from geoloc.evaluate import fit_temperatures, nearest_photo_km
 from geoloc.geo import haversine_km, mean_point
-from geoloc.inference import Outputs, Recipe
+from geoloc.inference import Outputs, Recipe, view_places
 from geoloc.metrics import bootstrap_ci, distance_metrics, drive_draws, weighted_percentiles
 from geoloc.models import GeoNet, build_model
 from geoloc.outputs import split_outputs
@@ -152,7 +152,8 @@ def answer_fold(features: np.ndarray, parts: dict[str, pd.DataFrame], cells: pd.
                              features=np.array(features[part["feature_row"].to_numpy()]))
                for name, part in (("val", val), ("held", held))}
     index = RetrievalIndex.build(features[train["feature_row"].to_numpy()], train["lat"],
-                                 train["lon"], train["label"], params.evaluate.retrieval.dims)
+                                 train["lon"], train["label"], params.evaluate.retrieval.dims,
+                                 places=view_places(train))
     recipe = Recipe(fold_cells, params.evaluate.top_k, index=index)
     if params.evaluate.calibrate:
         recipe.temperature, recipe.sequence_temperature = fit_temperatures(

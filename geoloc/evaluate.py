@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from geoloc.choices import RETRIEVAL_MODES
 from geoloc.choice import CROSSVAL, VALIDATION, Answer, answer_errors, candidates, choose
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km, mean_point
@@ -49,12 +50,13 @@ def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
              crossval: dict | None = None, serves_retrieval: bool = True) -> Evaluation:
     """Score a model's outputs on the test split; with `cfg.calibrate`, its probabilities are
     first rescaled by a temperature fitted on its `val` outputs. With a retrieval `index` (and
-    the test photos' features), the retrieval mode and the nearest photo are scored too.
+    the test photos' features), the retrieval and place modes and the nearest photo are
+    scored too.
 
     With `cfg.mode` auto, the headline is the answer (geoloc.choice) with the lowest median
     km in `crossval` (metrics/crossval.json of this very model's kind) or, without it, on
     `val`: the test split is never read for it. Without `serves_retrieval` (a snapshot that
-    ships no feature index) it never chooses retrieval."""
+    ships no feature index) it never chooses retrieval nor place."""
     rows = test.rows.reset_index(drop=True)
     if len(rows) == 0:
         raise GeolocError("the test split has no images: nothing to evaluate (see "
@@ -72,9 +74,9 @@ def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
                                                                            val.rows)
     choice = {"chosen_by": "params"}
     if cfg.mode == AUTO:
-        servable = tuple(m for m in modes if serves_retrieval or m != "retrieval")
+        servable = tuple(m for m in modes if serves_retrieval or m not in RETRIEVAL_MODES)
         answer, choice = choose_answer(recipe, candidates(servable, cfg.auto), val, crossval)
-        if answer.mode == "retrieval":
+        if answer.mode in RETRIEVAL_MODES:
             recipe.neighbours, recipe.within_top_cells = (answer.neighbours,
                                                           answer.within_top_cells)
         cfg = replace(cfg, mode=answer.mode)

@@ -87,5 +87,16 @@ def mean_point(lat, lon, weights) -> tuple[np.ndarray, np.ndarray]:
     points, the normalised weighted sum of the k unit vectors (a chordal mean, which unlike a
     mean of degrees is right across the antimeridian)."""
     vectors = (_unit_vectors(lat, lon) * np.asarray(weights, dtype=np.float64)[..., None]).sum(-2)
+    return _lat_lon(vectors)
+
+
+def group_mean_points(lat, lon, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The chordal mean position of each group of points (`groups` numbers them 0..G-1)."""
+    sums = np.zeros((int(groups.max()) + 1, 3))
+    np.add.at(sums, groups, _unit_vectors(lat, lon))
+    return _lat_lon(sums)
+
+
+def _lat_lon(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x, y, z = np.moveaxis(vectors, -1, 0)
     return np.degrees(np.arctan2(z, np.hypot(x, y))), np.degrees(np.arctan2(y, x))

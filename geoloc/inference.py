@@ -14,7 +14,10 @@ them all; ../shared/reference/geolocation.md says where each comes from):
   one place (a panorama's faces, a rig's cameras: one view group, or one sequence and one
   capture time) count as one frame: their log-probabilities are averaged first;
 - retrieval: the medoid of the positions of the nearest training photos in a pretrained
-  backbone's feature space (geoloc.retrieval).
+  backbone's feature space (geoloc.retrieval);
+- place: the same for the views of one place together (one view group, or one sequence and
+  one capture time, as for the sequence modes), against the training places: every view gets
+  its place's answer. Photos given together with no rows are the views of one place.
 
 A Recipe holds what turns a model's Outputs into points (the class table, the temperatures,
 retrieval's index): the evaluate stage builds it and scores with it, the export ships it, and
@@ -29,7 +32,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from geoloc.choices import MODES, SEQUENCE_MODES
+from geoloc.choices import MODES, RETRIEVAL_MODES, SEQUENCE_MODES
 from geoloc.data.cells import hierarchy_levels
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km, mean_point, shift_km
@@ -94,26 +97,39 @@ class Recipe:
         # (from ONNX Runtime) then compute alike.
         return log_softmax(np.asarray(outputs.logits, dtype=np.float64) / self.temperature)
 
-    def points(self, mode: str, outputs: Outputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(label, lat, lon) per row under `mode`, one of self.modes(outputs): see mode_points
-        and retrieval_points."""
+    def points(self, mode: str, outputs: Outputs, neighbours: int | None = None,
+               within_top_cells: int | None = None,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(label, lat, lon) per row under `mode`, one of self.modes(outputs): see mode_points,
+        retrieval_points and place_points. The retrieval modes search with the recipe's
+        settings, or those given."""
         log_probs = self.log_probs(outputs)
-        if mode == "retrieval":
-            from geoloc.retrieval import retrieval_points  # faiss loads only for retrieval
+        if mode in RETRIEVAL_MODES:
+            # faiss loads only for retrieval
+            from geoloc.retrieval import place_points, retrieval_points
 
-            return retrieval_points(self.index, outputs.features, log_probs, self.neighbours,
-                                    self.within_top_cells)
+            settings = (self.neighbours if neighbours is None else neighbours,
+                        self.within_top_cells if within_top_cells is None else within_top_cells)
+            if mode == "place":
+                return place_points(self.index, outputs.features, query_places(outputs),
+                                    log_probs, *settings)
+            return retrieval_points(self.index, outputs.features, log_probs, *settings)
         return _mode_points(mode, log_probs, outputs.offsets, self.classes, outputs.rows,
                             self.top_k)
 
     def probabilities(self, mode: str, outputs: Outputs) -> np.ndarray:
         """N x K: the cell probabilities a mode's answer comes with. The sequence modes' are
-        their evidence's under the sequence temperature; the others', each photo's own."""
+        their evidence's under the sequence temperature; place's, the mean of its views'
+        log-probabilities, renormalised; the others', each photo's own."""
         log_probs = self.log_probs(outputs)
         if mode in SEQUENCE_MODES:
             evidence = sequence_evidence(log_probs, outputs.rows,
                                          online=mode == "sequence_online")
             log_probs = log_softmax(evidence / self.sequence_temperature)
+        if mode == "place":
+            place = pd.factorize(query_places(outputs))[0]
+            log_probs = log_softmax(pd.DataFrame(log_probs).groupby(place).transform("mean")
+                                    .to_numpy())
         return np.exp(log_probs)
 
 
@@ -156,8 +172,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def available_modes(hybrid: bool, retrieval: bool) -> tuple[str, ...]:
     """The modes a model's outputs allow: hybrid needs the hybrid head's offsets, retrieval
-    the features and their index."""
-    needs = {"hybrid": hybrid, "retrieval": retrieval}
+    and place the features and their index."""
+    needs = {"hybrid": hybrid, "retrieval": retrieval, "place": retrieval}
     return tuple(m for m in MODES if needs.get(m, True))
 
 
@@ -198,9 +214,9 @@ def _mode_labels(mode: str, log_probs: np.ndarray, classes: ClassTable,
         return hierarchical_labels(log_probs, classes.levels)
     if mode in SEQUENCE_MODES:
         return sequence_labels(log_probs, rows, online=mode == "sequence_online")
-    if mode == "retrieval":
-        raise GeolocError("the retrieval mode needs the features and their index: "
-                          "Recipe.points makes its points")
+    if mode in RETRIEVAL_MODES:
+        raise GeolocError(f"the {mode} mode needs the features and their index: "
+                          f"Recipe.points makes its points")
     raise GeolocError(f"evaluate.mode: unknown mode {mode!r}; known: {', '.join(MODES)}")
 
 
@@ -253,6 +269,14 @@ def sequence_evidence(log_probs: np.ndarray, rows: pd.DataFrame, *, online: bool
     summed = (scores.cumsum() if online else scores.transform("sum"))
     summed.index = meta["place"].to_numpy()
     return summed.loc[place].to_numpy()
+
+
+def query_places(outputs: Outputs) -> np.ndarray:
+    """The place of each row of `outputs`: view_places of its rows or, without rows, one place
+    for them all (the views a client sent together)."""
+    if outputs.rows is None:
+        return np.zeros(len(outputs.logits), dtype=object)
+    return view_places(outputs.rows)
 
 
 def view_places(rows: pd.DataFrame) -> np.ndarray:

@@ -27,6 +27,7 @@ from geoloc.choices import (
     NATIVE_SIZES,
     PRECISIONS,
     PROTOCOLS,
+    RETRIEVAL_MODES,
     SOURCES,
 )
 from geoloc.data.cities import BATCH_PATTERN, BATCH_RULE
@@ -247,7 +248,7 @@ class RetrievalParams:
 
 @dataclass(frozen=True)
 class AutoParams:
-    """The retrieval settings `evaluate.mode: auto` tries, each with each."""
+    """The settings of the retrieval modes that `evaluate.mode: auto` tries, each with each."""
     neighbours: list[int] = knob()
     within_top_cells: list[int] = knob()
 
@@ -314,9 +315,10 @@ class Params:
                 raise ParamsError(f"batches: {batch!r}: {BATCH_RULE}")
         if self.model.freeze_backbone:
             self._check_frozen()
-        if self.evaluate.mode == "retrieval" and not self.export.retrieval_index:
-            raise ParamsError("evaluate.mode retrieval needs export.retrieval_index true: the "
-                              "snapshot would not serve the mode it was evaluated in")
+        if self.evaluate.mode in RETRIEVAL_MODES and not self.export.retrieval_index:
+            raise ParamsError(f"evaluate.mode {self.evaluate.mode} needs "
+                              f"export.retrieval_index true: the snapshot would not serve the "
+                              f"mode it was evaluated in")
         block, finest = self.split.block_resolution, self.index.finest_resolution
         if _known(block, finest) and block <= finest:
             raise ParamsError(

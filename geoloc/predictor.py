@@ -32,8 +32,9 @@ CELLS_NAME = "cells.json"
 SPEC_NAME = "model.json"
 FEATURES_MODEL = "features.onnx"     # the backbone whose features the retrieval index holds
 RETRIEVAL_INDEX = "retrieval.npz"
-# What this code reads: 2 added the offsets, the class table's parents and the recipe.
-SNAPSHOT_FORMAT = 2
+# What this code reads: 2 added the offsets, the class table's parents and the recipe; 3 the
+# places of the retrieval index.
+SNAPSHOT_FORMAT = 3
 CELL_COLUMNS = ("label", "cell", "lat", "lon", "resolution", "parents")
 
 Photo = Path | str | bytes   # a file, or a file's bytes

@@ -12,7 +12,7 @@ from geoloc.data.features import features_of, load_features
 from geoloc.data.splits import SPLITS, load_cells, load_split
 from geoloc.eval_plots import write_plots
 from geoloc.evaluate import evaluate
-from geoloc.inference import Outputs
+from geoloc.inference import Outputs, view_places
 from geoloc.io import write_json, write_parquet
 from geoloc.outputs import split_outputs
 from geoloc.params import load_params
@@ -63,7 +63,8 @@ def main() -> None:
     train = features["train"]
     index = RetrievalIndex.build(train.features[train.rows["feature_row"]], train.rows["lat"],
                                  train.rows["lon"], train.rows["label"],
-                                 params.evaluate.retrieval.dims)
+                                 params.evaluate.retrieval.dims,
+                                 places=view_places(train.rows))
     # Cross-validation re-fits the head on the features: its figures are this model's only
     # when this model is such a head.
     crossval = json.loads(Path(args.crossval).read_text()) if frozen else None

@@ -134,7 +134,11 @@ def test_auto_picks_the_answer_the_world_was_made_for(kind, best):
     assert set(metrics["answers"]) == {"argmax", "topk", "topk_mean", "hierarchical",
                                        "sequence", "sequence_online", "retrieval_k1_all",
                                        "retrieval_k1_top1", "retrieval_k10_all",
-                                       "retrieval_k10_top1"}
+                                       "retrieval_k10_top1", "place_k1_all", "place_k1_top1",
+                                       "place_k10_all", "place_k10_top1"}
+    # Every frame is a place of its own: place retrieval is photo retrieval, and a tie goes
+    # to the photo's.
+    assert metrics["answers"]["place_k10_all"] == metrics["answers"]["retrieval_k10_all"]
 
 
 def test_a_fold_that_leaves_a_cell_without_training_photos_still_answers_and_counts_it():

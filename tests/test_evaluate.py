@@ -338,6 +338,23 @@ def test_retrieval_is_scored_beside_the_other_modes_with_the_nearest_photo():
         cells.set_index("label").loc[photos["label"], "lon"]))
 
 
+def test_the_place_mode_answers_the_views_of_a_place_together():
+    """Test photos as views of six places (one drive, a view group each): every view gets its
+    place's answer, scored per photo beside photo-level retrieval."""
+    cells, index, photos, _ = places_world()
+    test = photos(24)
+    groups = [f"v{i % 3}-{i // 12}" for i in range(24)]   # 4 views of one cell each
+    rows = test.rows.assign(sequence_id="drive", view_group=groups)
+    cfg = replace(PARAMS.evaluate, mode="place", bootstrap_samples=200)
+    result = evaluate(Outputs(rows, test.logits, test.offsets, test.features), cells, cfg,
+                      index=index)
+    assert {"retrieval", "place"} <= set(result.modes)
+    assert result.modes["place"]["images"] == 24 and result.modes["place"]["accuracy"] == 1.0
+    answers = result.predictions.assign(group=groups).groupby("group")
+    assert (answers[["pred_lat_place", "pred_lon_place"]].nunique() == 1).all().all()
+    assert (result.predictions["error_km"] == result.predictions["error_km_place"]).all()
+
+
 def test_auto_chooses_on_held_out_photos_and_never_on_test():
     """The same world as above: features that tell the places apart and an untrained
     classifier. Auto picks retrieval on val; scrambling the test photos' positions changes

@@ -197,7 +197,7 @@ def test_export_snapshot_stands_alone_and_is_timed(repo):
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
     spec = json.loads((snapshot / "model.json").read_text())
     recipe = json.loads((repo / "models/recipe.json").read_text())
-    assert spec["recipe"] == recipe["recipe"] and spec["format"] == 2
+    assert spec["recipe"] == recipe["recipe"] and spec["format"] == 3
     assert spec["recipe"]["temperature"] == pytest.approx(evaluation["temperature"], rel=1e-5)
     assert spec["mode"] == "argmax" and spec["recipe"]["neighbours"] == 10
     assert json.loads((snapshot / "metrics.json").read_text())["evaluate"] == evaluation

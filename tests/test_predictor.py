@@ -49,7 +49,7 @@ def test_a_snapshot_of_another_format_is_refused(tiny_snapshot, tmp_path):
     spec = json.loads((old / SPEC_NAME).read_text())
     del spec["format"]                                 # what the first exports wrote
     (old / SPEC_NAME).write_text(json.dumps(spec))
-    with pytest.raises(GeolocError, match="snapshot of format 1; this geoloc reads format 2: "
+    with pytest.raises(GeolocError, match="snapshot of format 1; this geoloc reads format 3: "
                                           r"export it again \(dvc repro export\)"):
         Predictor(old)
 

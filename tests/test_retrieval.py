@@ -6,7 +6,7 @@ import pytest
 
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km
-from geoloc.retrieval import RetrievalIndex, _medoids, retrieval_points
+from geoloc.retrieval import RetrievalIndex, _medoids, place_points, retrieval_points
 
 PLACES = np.array([[48.85, 2.35], [43.30, 5.37], [45.76, 4.84]])   # Paris, Marseille, Lyon
 
@@ -77,10 +77,15 @@ def test_the_index_is_the_same_from_the_same_features_and_survives_a_round_trip(
     second.save(tmp_path / "b.npz")
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
     loaded = RetrievalIndex.load(tmp_path / "a.npz")
-    for name in ("mean", "components", "vectors", "lat", "lon", "label"):
+    for name in ("mean", "components", "vectors", "lat", "lon", "label", "place"):
         assert np.array_equal(getattr(loaded, name), getattr(first, name)), name
     with pytest.raises(GeolocError, match="not found: run the evaluate stage"):
         RetrievalIndex.load(tmp_path / "missing.npz")
+    # An index of an older geoloc, without places, is named as such.
+    with np.load(tmp_path / "a.npz") as arrays:
+        np.savez(tmp_path / "old.npz", **{k: arrays[k] for k in arrays if k != "place"})
+    with pytest.raises(GeolocError, match="old.npz lacks place: .* run the evaluate stage"):
+        RetrievalIndex.load(tmp_path / "old.npz")
 
 
 def test_the_index_built_a_chunk_at_a_time_is_the_full_computation(monkeypatch):
@@ -98,3 +103,58 @@ def test_the_index_built_a_chunk_at_a_time_is_the_full_computation(monkeypatch):
     projected = centred @ (top * np.sign((top * index.components).sum(axis=0)))
     projected /= np.linalg.norm(projected, axis=1, keepdims=True)
     np.testing.assert_allclose(index.vectors, projected, atol=2e-3)
+
+
+def places_of(n_places: int, views: int, seed: int):
+    """`n_places` places around Paris, Marseille and Lyon, each seen in `views` views: a
+    place's views share its position (to a few metres) and a direction of its own in feature
+    space (the caller adds the noise that makes one view alone a poor match)."""
+    rng = np.random.default_rng(seed)
+    city = np.arange(n_places) % len(PLACES)
+    centre = PLACES[city] + rng.normal(0, 0.05, (n_places, 2))
+    place = np.repeat(np.arange(n_places), views)
+    lat = centre[place, 0] + rng.normal(0, 0.00003, len(place))
+    lon = centre[place, 1] + rng.normal(0, 0.00003, len(place))
+    return place, lat, lon, city[place]
+
+
+def test_a_place_of_one_view_is_its_photo():
+    """Where every place, training or query, has one view, place retrieval is photo
+    retrieval, at every setting."""
+    features, lat, lon, label, directions = photos()
+    index = RetrievalIndex.build(features, lat, lon, label, dims=16,
+                                 places=[f"p{i}" for i in range(len(label))])
+    rng = np.random.default_rng(2)
+    queries = directions[rng.integers(0, 3, 40)] * 3 + rng.normal(0, 3, (40, 64))
+    log_probs = np.log(rng.dirichlet(np.ones(3), 40))
+    for neighbours, within in ((1, 0), (5, 0), (5, 2)):
+        photo = retrieval_points(index, queries, log_probs, neighbours, within)
+        place = place_points(index, queries, np.arange(40), log_probs, neighbours, within)
+        for a, b in zip(photo, place, strict=True):
+            assert np.array_equal(a, b), (neighbours, within)
+
+
+def test_the_views_of_a_place_answered_together_beat_each_view_alone():
+    """Four noisy views of each place: alone, a view often matches another place's views;
+    their mean rarely does. Every view of a query place gets one answer: its place's."""
+    dim = 64
+    rng = np.random.default_rng(5)
+    train_place, lat, lon, label = places_of(60, views=4, seed=5)
+    signature = rng.normal(0, 1, (60, dim))
+    features = signature[train_place] + rng.normal(0, 2.0, (len(train_place), dim))
+    index = RetrievalIndex.build(features, lat, lon, label, dims=0, places=train_place)
+    places = index.of_places()
+    assert len(places.label) == 60 and np.array_equal(places.label, label[::4])
+    expected_lat = lat.reshape(60, 4).mean(axis=1)
+    assert np.abs(places.lat - expected_lat).max() < 1e-6
+    # Query: the same 60 places seen again, in 4 new views each.
+    query_place = np.repeat(np.arange(60), 4)
+    queries = signature[query_place] + rng.normal(0, 2.0, (240, dim))
+    keys = np.array([f"q{p}" for p in query_place], dtype=object)
+    _, plat, plon = place_points(index, queries, keys, None, neighbours=1, within_top_cells=0)
+    _, rlat, rlon = retrieval_points(index, queries, None, neighbours=1, within_top_cells=0)
+    truth_lat, truth_lon = lat[::4][query_place], lon[::4][query_place]
+    place_km = haversine_km(truth_lat, truth_lon, plat, plon)
+    photo_km = haversine_km(truth_lat, truth_lon, rlat, rlon)
+    assert (place_km < 0.1).mean() > 0.95 > 0.5 > (photo_km < 0.1).mean()
+    assert (plat.reshape(60, 4) == plat[::4, None]).all()   # one answer per place
