@@ -1,10 +1,11 @@
 """The answer a snapshot serves, chosen on held-out data (`evaluate.mode: auto`).
 
 The candidates are every classifier mode the model has and retrieval and place retrieval at
-every setting of `evaluate.auto` (neighbours x within_top_cells). The one with the lowest median km on photos no
-model of it saw wins: cross-validated (geoloc.crossval) where the served model is the head on
-the features stage's features that cross-validation re-fits per fold, on the validation split
-otherwise. Nothing here reads the test split, which stays for reporting the choice.
+every setting of `evaluate.auto` (neighbours x within_top_cells). The one with the lowest
+median km on photos no model of it saw wins: cross-validated (geoloc.crossval) where the
+served model is the head on the features stage's features that cross-validation re-fits per
+fold, on the validation split otherwise. Nothing here reads the test split, which stays for
+reporting the choice.
 """
 
 from __future__ import annotations

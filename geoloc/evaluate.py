@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from geoloc.choices import RETRIEVAL_MODES
 from geoloc.choice import CROSSVAL, VALIDATION, Answer, answer_errors, candidates, choose
+from geoloc.choices import RETRIEVAL_MODES
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km, mean_point
 from geoloc.inference import (
