@@ -27,15 +27,19 @@ def main(argv: list[str] | None = None) -> int:
                          help="exported snapshot folder (default: models/export)")
     predict.add_argument("--top-k", type=int, default=5)
     predict.add_argument("--mode", help="how to make the point: argmax, topk, topk_mean, "
-                                        "hierarchical, hybrid (hybrid models), retrieval, or "
-                                        "with --sequence sequence or sequence_online "
-                                        "(default: the mode the snapshot was evaluated in)")
+                                        "hierarchical, hybrid (hybrid models), retrieval, "
+                                        "place, or with --sequence sequence or "
+                                        "sequence_online (default: the mode the snapshot was "
+                                        "evaluated in)")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("--sequence", action="store_true",
                          help="the photos are frames of one drive: one combined prediction "
                               "(mode sequence), or one per frame from the frames so far "
                               "(--mode sequence_online); photos with one EXIF capture time are "
                               "views of one place and count as one frame")
+    predict.add_argument("--place", action="store_true",
+                         help="the photos are views of one place (a panorama's crops, a "
+                              "rig's cameras): one answer for them together (mode place)")
     purge = commands.add_parser(
         "purge", help="free the disk taken by raw JPEGs of batches already in the resize cache",
         description="Lists (dry run, the default) or deletes the raw JPEGs of batches whose "
@@ -64,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-upload-mb", type=float, default=20.0,
                        help="largest photo accepted, in MB (default: 20)")
+    serve.add_argument("--max-views", type=int, default=8,
+                       help="most photos of one place in one request (default: 8)")
+    serve.add_argument("--max-request-mb", type=float, default=50.0,
+                       help="largest request, all its photos together, in MB (default: 50)")
     args = parser.parse_args(argv)
     try:
         return {"predict": _predict, "purge": _purge, "freeze-test": _freeze_test,
@@ -81,13 +89,19 @@ def _predict(args) -> int:
     if args.sequence and args.mode not in (None, *SEQUENCE_MODES):
         raise GeolocError(f"--sequence takes --mode {' or '.join(SEQUENCE_MODES)}, not "
                           f"{args.mode!r}")
+    if args.place and (args.sequence or args.mode not in (None, "place")):
+        raise GeolocError("--place answers in mode place: it takes neither --sequence nor "
+                          "another --mode")
     predictor = Predictor(args.model)
     paths = _image_paths(args.paths)
-    names = [f"sequence of {len(paths)} photos", *map(str, paths)]
+    names = [f"sequence of {len(paths)} photos", f"place of {len(paths)} views",
+             *map(str, paths)]
     table = _Table(max(map(len, ["path", *names])), args.json)
     table.header()
     if args.sequence:
         return _predict_sequence(predictor, paths, args, table)
+    if args.place:
+        return _predict_place(predictor, paths, args, table)
     failed = 0
     for path in paths:
         try:
@@ -102,6 +116,29 @@ def _predict(args) -> int:
 
 def _predict_sequence(predictor, paths: list[Path], args, table: _Table) -> int:
     """One prediction from every readable photo; the unreadable ones are named and skipped."""
+    readable = _readable(paths, "--sequence")
+    mode = args.mode or "sequence"
+    predictions = predictor.predict(readable, args.top_k, mode)
+    if mode == "sequence":   # every frame has the drive's answer: print it once
+        table.row(f"sequence of {len(readable)} photos", predictions[0])
+    else:
+        for path, prediction in zip(readable, predictions, strict=True):
+            table.row(str(path), prediction)
+    return 1 if len(readable) < len(paths) else 0
+
+
+def _predict_place(predictor, paths: list[Path], args, table: _Table) -> int:
+    """One answer for every readable photo together, as the views of one place."""
+    readable = _readable(paths, "--place")
+    prediction = predictor.predict_place(readable, args.top_k)
+    table.row(f"place of {len(readable)} views", prediction)
+    if prediction.note and not args.json:
+        print(f"geoloc: note: {prediction.note}", file=sys.stderr)
+    return 1 if len(readable) < len(paths) else 0
+
+
+def _readable(paths: list[Path], option: str) -> list[Path]:
+    """The photos that decode whole; the others are named and skipped."""
     readable = []
     for path in paths:
         try:
@@ -111,15 +148,8 @@ def _predict_sequence(predictor, paths: list[Path], args, table: _Table) -> int:
         except UNREADABLE as exc:
             print(f"geoloc: cannot read {path}: {exc}", file=sys.stderr)
     if not readable:
-        raise GeolocError("--sequence: none of the photos could be read")
-    mode = args.mode or "sequence"
-    predictions = predictor.predict(readable, args.top_k, mode)
-    if mode == "sequence":   # every frame has the drive's answer: print it once
-        table.row(f"sequence of {len(readable)} photos", predictions[0])
-    else:
-        for path, prediction in zip(readable, predictions, strict=True):
-            table.row(str(path), prediction)
-    return 1 if len(readable) < len(paths) else 0
+        raise GeolocError(f"{option}: none of the photos could be read")
+    return readable
 
 
 class _Table:
@@ -184,10 +214,13 @@ def _purge(args) -> int:
 def _serve(args) -> int:
     from geoloc import serve  # fastapi and uvicorn load only when serving
 
-    if args.max_upload_mb <= 0:
-        raise GeolocError("--max-upload-mb must be positive")
+    if args.max_upload_mb <= 0 or args.max_views < 1:
+        raise GeolocError("--max-upload-mb must be positive and --max-views at least 1")
+    if args.max_request_mb < args.max_upload_mb:
+        raise GeolocError("--max-request-mb must be at least --max-upload-mb")
     serve.run(args.model, args.host, args.port,
-              max_upload_bytes=round(args.max_upload_mb * serve.MB))
+              max_upload_bytes=round(args.max_upload_mb * serve.MB), max_views=args.max_views,
+              max_request_bytes=round(args.max_request_mb * serve.MB))
     return 0
 
 

@@ -18,6 +18,11 @@ def photo_time(image: Image.Image) -> int | None:
     return capture_time(image.getexif().get_ifd(IFD.Exif))
 
 
+def photo_position(image: Image.Image) -> tuple[float, float] | None:
+    """Where an opened photo was taken (lat, lon), from its EXIF GPS, or None."""
+    return gps_position(image.getexif().get_ifd(IFD.GPSInfo))
+
+
 def gps_position(gps: dict) -> tuple[float, float] | None:
     lat = _degrees(gps.get(GPS.GPSLatitude), gps.get(GPS.GPSLatitudeRef), "N", "S")
     lon = _degrees(gps.get(GPS.GPSLongitude), gps.get(GPS.GPSLongitudeRef), "E", "W")

@@ -92,30 +92,31 @@ def _retrieval_section(spec: dict, evaluation: dict) -> str:
     """What the feature index is, and what it gives away."""
     if "retrieval" not in spec:
         return ("- No feature index: this snapshot was exported with export.retrieval_index "
-                "false, so it does not answer in the retrieval mode and holds no training "
-                "photo's position.")
+                "false, so it does not answer in the retrieval and place modes and holds no "
+                "training photo's position.")
     retrieval = spec["retrieval"]
     nearest = ""
     if "nearest_photo_median_km" in evaluation:
         nearest = (f" On the test split, the single nearest training photo alone is off by a "
                    f"median {evaluation['nearest_photo_median_km']:.3g} km (p90 "
                    f"{evaluation['nearest_photo_p90_km']:.3g} km).")
-    return f"""- features.onnx and retrieval.npz: the retrieval mode. features.onnx computes a
-  photo's features ({retrieval['image_size']} px), retrieval.npz holds those of the training
-  photos (their principal components) and answers with the medoid of the positions of the
-  {spec['recipe']['neighbours']} most similar ones{_within(spec['recipe'])}.{nearest}
+    return f"""- features.onnx and retrieval.npz: the retrieval and place modes. features.onnx
+  computes a photo's features ({retrieval['image_size']} px), retrieval.npz holds those of the
+  training photos (their principal components) and which place each was taken from, and
+  answers with the medoid of the positions of the {spec['recipe']['neighbours']} most similar
+  photos (for the views of one place together, places) {_within(spec['recipe'])}.{nearest}
 
 ## The feature index holds the training photos' positions
 retrieval.npz stores the position (latitude, longitude) of every training photo,
 {retrieval['photos']:,} of them: whoever has this snapshot can read where they were taken. For a
 user's own photos that is where the user has been; for licensed data (Mapillary's are CC BY-SA)
 the positions are part of what the licence covers. Export with `export.retrieval_index: false`
-to leave the index out (the retrieval mode is then not served)."""
+to leave the index out (the retrieval and place modes are then not served)."""
 
 
 def _within(recipe: dict) -> str:
     cells = recipe["within_top_cells"]
-    return f", among the photos of the {cells} likeliest cells" if cells else ""
+    return f"among those of the {cells} likeliest cells" if cells else "among all"
 
 
 def _chosen(spec: dict) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,11 @@ import onnxruntime as ort
 import pandas as pd
 from PIL import Image
 
-from geoloc.choices import SEQUENCE_MODES
+from geoloc.choices import RETRIEVAL_MODES, SEQUENCE_MODES
 from geoloc.data.preprocess import to_square
 from geoloc.errors import GeolocError
-from geoloc.exif import photo_time
+from geoloc.exif import photo_position, photo_time
+from geoloc.geo import pairwise_km
 from geoloc.inference import Outputs, Recipe, available_modes
 
 MODEL_NAME = "model.onnx"
@@ -36,6 +37,9 @@ RETRIEVAL_INDEX = "retrieval.npz"
 # places of the retrieval index.
 SNAPSHOT_FORMAT = 3
 CELL_COLUMNS = ("label", "cell", "lat", "lon", "resolution", "parents")
+# Views of one place whose EXIF positions lie further apart than this are answered, with a note:
+# they are likely not of one place, and the answer is then of none of them.
+PLACE_SPREAD_KM = 0.1
 
 Photo = Path | str | bytes   # a file, or a file's bytes
 
@@ -48,6 +52,8 @@ class Prediction:
     confidence: float  # the probability of `cell`
     top: list[dict]    # the top-k cells: cell, lat, lon, probability
     mode: str
+    views: int = 1     # the photos the answer is for, as the views of one place
+    note: str | None = None
 
 
 class Predictor:
@@ -89,11 +95,18 @@ class Predictor:
         mode = self._mode(mode)
         if rows is None and mode in SEQUENCE_MODES:
             rows = drive_rows(photos)
-        outputs = self.outputs(photos, rows, features=mode == "retrieval")
+        outputs = self.outputs(photos, rows, features=mode in RETRIEVAL_MODES)
         label, lat, lon = self.recipe.points(mode, outputs)
         probs = self.recipe.probabilities(mode, outputs)
         return [self._prediction(p, top_k, mode, int(lb), float(a), float(o))
                 for p, lb, a, o in zip(probs, label, lat, lon, strict=True)]
+
+    def predict_place(self, photos: list[Photo], top_k: int = 5) -> Prediction:
+        """One answer for the views of one place (mode place), saying how many views it is
+        for and, where their EXIF positions lie more than PLACE_SPREAD_KM apart, that they
+        seem not to be of one place."""
+        answer = self.predict(photos, top_k, "place")[0]
+        return replace(answer, views=len(photos), note=spread_note(photos))
 
     def outputs(self, photos: list[Photo], rows: pd.DataFrame | None = None,
                 features: bool = False) -> Outputs:
@@ -142,6 +155,20 @@ def drive_rows(photos: list[Photo]) -> pd.DataFrame:
             times.append(photo_time(image) or 0)
     return pd.DataFrame({"image_id": [str(i) for i in range(len(photos))],
                          "sequence_id": "query", "captured_at": times})
+
+
+def spread_note(photos: list[Photo]) -> str | None:
+    """A note where the photos' EXIF positions lie more than PLACE_SPREAD_KM apart."""
+    positions = []
+    for photo in photos:
+        with _open(photo) as image:
+            positions.append(photo_position(image))
+    known = np.array([p for p in positions if p is not None]).reshape(-1, 2)
+    spread = pairwise_km(known[:, 0], known[:, 1], known[:, 0], known[:, 1]).max(initial=0)
+    if spread <= PLACE_SPREAD_KM:
+        return None
+    return (f"the views' EXIF positions lie up to {spread:.2f} km apart (more than "
+            f"{PLACE_SPREAD_KM} km): they may not be of one place")
 
 
 def onnx_session(path: Path, threads: int | None = None) -> ort.InferenceSession:

@@ -2,7 +2,8 @@
 
 The app reads a photo's upload into memory (bounded, never to disk), refuses what it cannot or
 should not decode with a status and a message, and runs decoding and ONNX inference in a pool
-of threads so the event loop keeps answering while a photo is being read.
+of threads so the event loop keeps answering while a photo is being read. Several photos in
+one request are the views of one place, answered together (mode place).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
+from geoloc.errors import GeolocError
 from geoloc.inference import MODES
 from geoloc.predictor import CELLS_NAME, Prediction, Predictor
-from geoloc.upload import Form, UploadError, check_declared_length, read_form
+from geoloc.upload import Form, Limits, UploadError, check_declared_length, read_form
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class Located(BaseModel):
     top: list[Cell]
     osm_url: str
     mode: str     # how the point was made (geoloc.inference, geoloc.retrieval)
+    views: int    # the photos answered together, as the views of one place
+    note: str | None = None   # e.g. views whose EXIF positions lie far apart
 
 
 class Problem(BaseModel):
@@ -77,7 +81,9 @@ class Problem(BaseModel):
 UPLOAD_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["image"],
     "properties": {
-        "image": {"type": "string", "format": "binary", "description": "a JPEG, PNG or WebP"},
+        "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                  "description": "a JPEG, PNG or WebP; several: the views of one place, "
+                                 "answered together in mode place"},
         "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K,
                   "default": DEFAULT_TOP_K, "description": "cells to return (or in the query)"},
         "mode": {"type": "string", "enum": list(MODES),
@@ -86,15 +92,23 @@ UPLOAD_FORM = {"requestBody": {"required": True, "content": {"multipart/form-dat
     }}}}}}
 ERRORS = {status: {"model": Problem, "description": text} for status, text in {
     400: "corrupt or truncated image, malformed body",
-    413: "upload over the byte limit, or image over the pixel limit",
+    413: "a photo over the byte limit, a request over the byte or file count limit, or an "
+         "image over the pixel limit",
     415: "not multipart/form-data, or not a JPEG, PNG or WebP image",
-    422: "missing 'image' field, top_k out of 1..50, a mode the snapshot does not serve",
+    422: "missing 'image' field, top_k out of 1..50, a mode the snapshot does not serve, "
+         "several photos in a mode other than place",
     504: "the prediction took longer than the timeout",
 }.items()}
 
 
-def create_app(snapshot: Path | str, *, max_upload_bytes: int = 20 * MB,
-               max_pixels: int = 50_000_000, timeout_s: float = 30.0) -> FastAPI:
+def create_app(snapshot: Path | str, *, max_upload_bytes: int = 20 * MB, max_views: int = 8,
+               max_request_bytes: int = 50 * MB, max_pixels: int = 50_000_000,
+               timeout_s: float = 30.0) -> FastAPI:
+    """The app; a request holds one photo of at most `max_upload_bytes`, or up to `max_views`
+    views of one place of at most `max_request_bytes` together."""
+    if max_request_bytes < max_upload_bytes:
+        raise GeolocError(f"the request limit ({max_request_bytes} bytes) is below the photo "
+                          f"limit ({max_upload_bytes} bytes): raise it")
     snapshot = Path(snapshot)
     Image.init()  # registers every decoder, so that Image.open(formats=...) knows WEBP
     # Requests run in parallel on a pool of one thread per core, so each inference runs on its
@@ -102,8 +116,10 @@ def create_app(snapshot: Path | str, *, max_upload_bytes: int = 20 * MB,
     predictor = Predictor(snapshot, threads=1)
     boundaries = {c["cell"]: [list(p) for p in h3.cell_to_boundary(c["cell"])]
                   for c in predictor.cells}
-    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels,
+    limits = {"max_upload_bytes": max_upload_bytes, "max_views": max_views,
+              "max_request_bytes": max_request_bytes, "max_pixels": max_pixels,
               "timeout_s": timeout_s}
+    upload = Limits(max_upload_bytes, max_views, max_request_bytes)
     about = {**snapshot_info(snapshot), "cells": len(predictor.cells), "limits": limits,
              "modes": list(predictor.modes), "default_mode": predictor.mode}
     base_map = map_data()
@@ -146,13 +162,12 @@ def create_app(snapshot: Path | str, *, max_upload_bytes: int = 20 * MB,
     async def predict(request: Request,
                       top_k: Annotated[int | None, Query(ge=1, le=MAX_TOP_K)] = None,
                       mode: str | None = None) -> dict:
-        check_declared_length(request.headers, max_upload_bytes)
-        form = await read_form(request.headers.get("content-type"), request.stream(),
-                               max_upload_bytes)
-        image, k = _image_field(form), _top_k(form, top_k)
-        mode = _mode(form, mode, predictor)
+        check_declared_length(request.headers, upload)
+        form = await read_form(request.headers.get("content-type"), request.stream(), upload)
+        images, k = _image_field(form), _top_k(form, top_k)
+        mode = _mode(form, mode, predictor, views=len(images))
         job = asyncio.get_running_loop().run_in_executor(
-            request.app.state.pool, locate, predictor, image, k, max_pixels, mode)
+            request.app.state.pool, locate, predictor, images, k, max_pixels, mode)
         try:
             prediction = await asyncio.wait_for(job, timeout_s)
         except TimeoutError:
@@ -162,9 +177,28 @@ def create_app(snapshot: Path | str, *, max_upload_bytes: int = 20 * MB,
     return app
 
 
-def locate(predictor: Predictor, data: bytes, top_k: int, max_pixels: int,
+def locate(predictor: Predictor, images: list[bytes], top_k: int, max_pixels: int,
            mode: str | None = None) -> Prediction:
-    """Decode and predict one photo (in a worker thread); a bad photo raises HTTPException."""
+    """Decode and predict one photo, or the views of one place together (in a worker thread);
+    a bad photo raises HTTPException naming it (the first is photo 1)."""
+    for number, data in enumerate(images, start=1):
+        try:
+            check_image(data, max_pixels)
+        except HTTPException as exc:
+            if len(images) > 1:
+                exc.detail = f"photo {number} of {len(images)}: {exc.detail}"
+            raise
+    try:
+        if len(images) > 1:
+            return predictor.predict_place(images, top_k)
+        (prediction,) = predictor.predict(images, top_k, mode)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise HTTPException(400, f"corrupt or truncated image: {exc}") from None
+    return prediction
+
+
+def check_image(data: bytes, max_pixels: int) -> None:
+    """Refuse what is not a photo this server reads, from its header alone."""
     if not data:
         raise HTTPException(400, "the file in 'image' is empty")
     try:
@@ -181,21 +215,17 @@ def locate(predictor: Predictor, data: bytes, top_k: int, max_pixels: int,
     with image:
         # The header gives the size: refuse a decompression bomb before decoding any pixel.
         width, height = image.size
-        if width * height > max_pixels:
-            raise HTTPException(413, f"image too large to decode: {width} x {height} = "
-                                     f"{width * height} pixels, the limit is {max_pixels}")
-        try:
-            (prediction,) = predictor.predict([data], top_k, mode)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise HTTPException(400, f"corrupt or truncated image: {exc}") from None
-    return prediction
+    if width * height > max_pixels:
+        raise HTTPException(413, f"image too large to decode: {width} x {height} = "
+                                 f"{width * height} pixels, the limit is {max_pixels}")
 
 
 def answer(prediction: Prediction, boundaries: dict[str, list]) -> dict:
     top = [{**cell, "boundary": boundaries[cell["cell"]]} for cell in prediction.top]
     return {"lat": prediction.lat, "lon": prediction.lon, "cell": prediction.cell,
             "confidence": prediction.confidence, "top": top,
-            "osm_url": osm_url(prediction.lat, prediction.lon), "mode": prediction.mode}
+            "osm_url": osm_url(prediction.lat, prediction.lon), "mode": prediction.mode,
+            "views": prediction.views, "note": prediction.note}
 
 
 def osm_url(lat: float, lon: float) -> str:
@@ -225,7 +255,7 @@ def map_data() -> dict:
             "cities": json.loads((ASSETS_DIR / "cities.json").read_text())}
 
 
-def _image_field(form: Form) -> bytes:
+def _image_field(form: Form) -> list[bytes]:
     if "image" in form.files:
         return form.files["image"]
     if "image" in form.fields:
@@ -244,9 +274,19 @@ def _top_k(form: Form, query: int | None) -> int:
     return int(text)
 
 
-def _mode(form: Form, query: str | None, predictor: Predictor) -> str:
-    """The mode from the form, else the query, else the snapshot's default."""
+def _mode(form: Form, query: str | None, predictor: Predictor, views: int) -> str:
+    """The mode from the form, else the query, else the snapshot's default; for several
+    views of one place, place."""
     mode = form.fields["mode"].strip() if "mode" in form.fields else query
+    if views > 1:
+        if "place" not in predictor.modes:
+            raise UploadError(422, f"{views} photos are answered together as the views of one "
+                                   f"place, and this snapshot does not serve the place mode "
+                                   f"(exported without its feature index): send one photo")
+        if mode not in (None, "place"):
+            raise UploadError(422, f"{views} photos are answered together as the views of one "
+                                   f"place (mode place), not in mode {mode!r}")
+        return "place"
     if mode is None:
         return predictor.mode
     if mode not in predictor.modes:

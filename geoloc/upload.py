@@ -27,10 +27,23 @@ class UploadError(Exception):
 @dataclass
 class Form:
     fields: dict[str, str] = field(default_factory=dict)
-    files: dict[str, bytearray] = field(default_factory=dict)  # by field name; filenames dropped
+    # By field name, in the order sent; filenames dropped.
+    files: dict[str, list[bytearray]] = field(default_factory=dict)
 
 
-def check_declared_length(headers, max_file_bytes: int) -> None:
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold: each file's bytes, the files, and all its bytes."""
+    file_bytes: int
+    files: int = 1
+    total_bytes: int | None = None   # None: file_bytes
+
+    @property
+    def body_bytes(self) -> int:
+        return self.total_bytes or self.file_bytes
+
+
+def check_declared_length(headers, limits: Limits) -> None:
     """Refuse a body whose Content-Length is over the limit before reading any of it: with
     `Expect: 100-continue` the client then never sends it."""
     declared = headers.get("content-length")
@@ -38,23 +51,23 @@ def check_declared_length(headers, max_file_bytes: int) -> None:
         return
     if not declared.isdigit():
         raise UploadError(400, f"invalid Content-Length header: {declared!r}")
-    if int(declared) > max_file_bytes + FORM_OVERHEAD:
-        raise UploadError(413, _too_large(max_file_bytes))
+    if int(declared) > limits.body_bytes + FORM_OVERHEAD:
+        raise UploadError(413, _request_too_large(limits))
 
 
 async def read_form(content_type: str | None, chunks: AsyncIterator[bytes],
-                    max_file_bytes: int) -> Form:
+                    limits: Limits) -> Form:
     """Parse the body as it streams in, counting every byte, whatever Content-Length said."""
     kind, options = parse_options_header(content_type)
     if kind != b"multipart/form-data" or not options.get(b"boundary"):
         raise UploadError(415, "send the photo as multipart/form-data, in a field named 'image'")
-    collector = _Collector(max_file_bytes)
+    collector = _Collector(limits)
     parser = MultipartParser(options[b"boundary"], collector.callbacks())
     received = 0
     async for chunk in chunks:
         received += len(chunk)
-        if received > max_file_bytes + FORM_OVERHEAD:
-            raise UploadError(413, _too_large(max_file_bytes))
+        if received > limits.body_bytes + FORM_OVERHEAD:
+            raise UploadError(413, _request_too_large(limits))
         try:
             parser.write(chunk)
         except MultipartParseError as exc:
@@ -69,11 +82,20 @@ def _too_large(max_file_bytes: int) -> str:
             f"({max_file_bytes} bytes) per photo")
 
 
+def _request_too_large(limits: Limits) -> str:
+    if limits.total_bytes is None:
+        return _too_large(limits.file_bytes)
+    return (f"upload too large: the limit is {limits.total_bytes / 1e6:g} MB "
+            f"({limits.total_bytes} bytes) per request, and "
+            f"{limits.file_bytes / 1e6:g} MB per photo")
+
+
 class _Collector:
     """python-multipart's callbacks, gathering each part's headers and bytes in memory."""
 
-    def __init__(self, max_file_bytes: int):
-        self.max_file_bytes = max_file_bytes
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.files, self.file_bytes = 0, 0
         self.form = Form()
         self.complete = False
 
@@ -103,18 +125,27 @@ class _Collector:
         self.name = options.get(b"name", b"").decode("utf-8", "replace")
         # A part with a filename is a file; the name itself is never used for anything.
         self.is_file = b"filename" in options
-        self.limit = self.max_file_bytes if self.is_file else FIELD_LIMIT
+        self.limit = self.limits.file_bytes if self.is_file else FIELD_LIMIT
+        if self.is_file:
+            self.files += 1
+            if self.files > self.limits.files:
+                raise UploadError(413, f"too many files: the limit is {self.limits.files} "
+                                       f"photos per request")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         self.data += data[start:end]
+        if self.is_file:
+            self.file_bytes += end - start
+            if self.file_bytes > self.limits.body_bytes:
+                raise UploadError(413, _request_too_large(self.limits))
         if len(self.data) > self.limit:
             if self.is_file:
-                raise UploadError(413, _too_large(self.max_file_bytes))
+                raise UploadError(413, _too_large(self.limits.file_bytes))
             raise UploadError(413, f"form field {self.name!r} is longer than {FIELD_LIMIT} bytes")
 
     def _part_end(self) -> None:
         if self.is_file:
-            self.form.files.setdefault(self.name, self.data)
+            self.form.files.setdefault(self.name, []).append(self.data)
         else:
             self.form.fields.setdefault(self.name, self.data.decode("utf-8", "replace"))
 

@@ -30,6 +30,8 @@ class PageResult:
     lat: str  # as shown, 5 decimals
     lon: str
     confidence: str
+    answered: str  # the mode, and the views answered together
+    note: str  # what the answer notes ("" for none)
     osm_url: str
     hexagons: int  # H3 polygons drawn on the map
     has_point: bool  # the predicted point's marker is drawn
@@ -68,9 +70,10 @@ def browser(window: tuple[int, int] = WINDOW) -> Iterator:
         driver.quit()
 
 
-def locate_in_page(driver, base_url: str, photo: Path, top_k: int = 5,
+def locate_in_page(driver, base_url: str, photo: Path | list[Path], top_k: int = 5,
                    timeout_s: float = 60) -> PageResult:
-    """Open the page, choose `photo` in its file input, wait for the answer, read what it shows."""
+    """Open the page, choose `photo` (or several: the views of one place) in its file input,
+    wait for the answer, read what it shows."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -81,7 +84,9 @@ def locate_in_page(driver, base_url: str, photo: Path, top_k: int = 5,
     k.clear()
     k.send_keys(str(top_k))
     driver.execute_script("arguments[0].blur()", k)  # no blinking caret in screenshots
-    driver.find_element(By.ID, "photo").send_keys(str(Path(photo).resolve()))
+    photos = photo if isinstance(photo, list) else [photo]
+    driver.find_element(By.ID, "photo").send_keys("\n".join(str(Path(p).resolve())
+                                                            for p in photos))
     result = driver.find_element(By.ID, "result")
     wait.until(lambda d: result.get_attribute("data-state") in ("done", "error"))
 
@@ -90,7 +95,8 @@ def locate_in_page(driver, base_url: str, photo: Path, top_k: int = 5,
 
     return PageResult(
         state=result.get_attribute("data-state"), status=text("status"), lat=text("lat"),
-        lon=text("lon"), confidence=text("confidence"),
+        lon=text("lon"), confidence=text("confidence"), answered=text("answered"),
+        note=text("note"),
         osm_url=driver.find_element(By.ID, "osm").get_attribute("href"),
         hexagons=len(driver.find_elements(By.CSS_SELECTOR, "#map polygon.cell")),
         has_point=bool(driver.find_elements(By.CSS_SELECTOR, "#map #prediction-point circle")))

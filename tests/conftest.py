@@ -123,7 +123,8 @@ def noisy_photo(seed: int, size=(64, 48)) -> Image.Image:
 def retrieval_snapshot(tiny_snapshot, tmp_path_factory) -> Path:
     """The tiny snapshot with a feature index, as the export stage adds it: a backbone as
     features.onnx (an untrained tiny CNN's, at 48 px where the classifier takes 32) and the
-    index of 12 photos (noisy_photo(0..11)), each placed at one of the snapshot's cells."""
+    index of 12 photos (noisy_photo(0..11)), each placed at one of the snapshot's cells, as
+    three places of four views (photos 0-3, 4-7, 8-11)."""
     import json
 
     import numpy as np
@@ -147,7 +148,8 @@ def retrieval_snapshot(tiny_snapshot, tmp_path_factory) -> Path:
     labels = np.arange(12) % len(SNAPSHOT_CITIES)
     lat = np.array([SNAPSHOT_CITIES[i][0] for i in labels]) + 0.01 * np.arange(12)
     lon = np.array([SNAPSHOT_CITIES[i][1] for i in labels])
-    RetrievalIndex.build(features, lat, lon, labels, dims=8).save(out / RETRIEVAL_INDEX)
+    RetrievalIndex.build(features, lat, lon, labels, dims=8,
+                         places=np.arange(12) // 4).save(out / RETRIEVAL_INDEX)
     spec = json.loads((out / SPEC_NAME).read_text())
     spec["retrieval"] = {"image_size": 48, "photos": 12}
     spec["recipe"].update(neighbours=1, within_top_cells=0)

@@ -84,3 +84,22 @@ def test_modes_of_one_photo_and_retrieval(retrieval_snapshot, tiny_snapshot, tmp
     assert result.returncode == 2
     assert "exported without its feature index" in result.stderr
     assert "it serves argmax, topk, topk_mean, hierarchical" in result.stderr
+
+
+def test_the_views_of_one_place_are_answered_together(retrieval_snapshot, tmp_path):
+    """--place: one answer for the views (the snapshot's second training place, photos 4 to
+    7), naming the mode and the number of views; an unreadable view is named and skipped."""
+    views = []
+    for seed in range(4, 8):
+        views.append(tmp_path / f"view{seed}.png")
+        noisy_photo(seed).save(views[-1])
+    (tmp_path / "broken.jpg").write_bytes(b"not a photo")
+    result = predict(retrieval_snapshot, *views, tmp_path / "broken.jpg", "--place", "--json")
+    assert result.returncode == 1 and "cannot read" in result.stderr
+    answer = json.loads(result.stdout)
+    places = RetrievalIndex.load(retrieval_snapshot / RETRIEVAL_INDEX).of_places()
+    assert answer["path"] == "place of 4 views"
+    assert (answer["mode"], answer["views"]) == ("place", 4)
+    assert (answer["lat"], answer["lon"]) == (places.lat[1], places.lon[1])
+    refused = predict(retrieval_snapshot, *views, "--place", "--mode", "argmax")
+    assert refused.returncode == 2 and "--place answers in mode place" in refused.stderr

@@ -102,6 +102,26 @@ def test_panorama_faces_are_one_place_in_a_sequence(region):
         float(np.exp(place.max() - np.logaddexp.reduce(place))), rel=1e-6)
 
 
+def test_the_snapshot_answers_places_as_evaluate_did(region):
+    """The place mode from the snapshot alone gives evaluate's points for the test photos
+    (each stop's four faces one place, by their shared capture time), and `geoloc predict
+    --place` on one stop's faces gives that stop's evaluated answer."""
+    evaluated = pd.read_parquet(region / "data/eval/predictions.parquet")
+    test = (pd.read_parquet(region / "data/splits/test.parquet").set_index("image_id")
+            .loc[evaluated["image_id"]].reset_index())
+    photos = [region / "data/raw" / path for path in test["path"]]
+    served = Predictor(region / "models/export").predict(photos, 1, "place", rows=test)
+    expected = evaluated[["pred_lat_place", "pred_lon_place"]].to_numpy()
+    assert np.allclose([[a.lat, a.lon] for a in served], expected, atol=1e-6, rtol=0)
+    stop = test.groupby(["sequence_id", "captured_at"]).indices
+    faces = next(rows for rows in stop.values() if len(rows) == 4)
+    result = run([sys.executable, "-m", "geoloc.cli", "predict", "--place", "--json",
+                  *(str(photos[i]) for i in faces)], region)
+    answer = json.loads(result.stdout)
+    assert (answer["mode"], answer["views"]) == ("place", 4)
+    assert np.allclose([answer["lat"], answer["lon"]], expected[faces[0]], atol=1e-6, rtol=0)
+
+
 def test_photos_are_ignored_by_git_and_a_changed_photo_or_csv_reruns_the_fetch(region):
     status = run(["git", "status", "--porcelain", "--untracked-files=all"], region).stdout
     assert "data/photos/capferret" not in status

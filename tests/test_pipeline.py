@@ -240,7 +240,7 @@ def test_what_is_served_is_what_was_evaluated(repo):
     """Every mode evaluate scored, from the snapshot alone (ONNX Runtime, the exported class
     table, temperatures and index), gives evaluate's points for the test photos."""
     modes = ["argmax", "topk", "topk_mean", "hierarchical", "sequence", "sequence_online",
-             "retrieval"]
+             "retrieval", "place"]
     for mode, (served, evaluated) in served_points(repo, modes).items():
         assert np.allclose(served, evaluated, atol=1e-6, rtol=0), mode
 
@@ -282,10 +282,9 @@ def test_auto_serves_the_answer_cross_validation_chose(repo, tmp_path):
 
     predictor = Predictor(work / "models/export")
     answer = crossval["choice"]
-    assert predictor.mode == (answer.split("_k")[0] if answer.startswith("retrieval")
-                              else answer)
-    if predictor.mode == "retrieval":
-        k, among = answer.removeprefix("retrieval_k").split("_")
+    assert predictor.mode == answer.split("_k")[0]
+    if predictor.mode in ("retrieval", "place"):
+        k, among = answer.removeprefix(f"{predictor.mode}_k").split("_")
         assert predictor.recipe.neighbours == int(k)
         assert predictor.recipe.within_top_cells == (0 if among == "all" else int(among[3:]))
 

@@ -67,3 +67,36 @@ def test_a_server_predictor_runs_each_inference_on_its_callers_thread(retrieval_
         noisy_photo(i).save(path, quality=90)
     for mode in ("argmax", "retrieval"):
         assert served.predict(paths, mode=mode) == alone.predict(paths, mode=mode)
+
+
+def test_the_views_of_one_place_get_one_answer_and_far_apart_views_a_note(retrieval_snapshot,
+                                                                          tmp_path):
+    """The snapshot's index holds three training places of four views (photos 0-3, 4-7,
+    8-11): photos 4 to 7 sent together are that place again, found whole, with the mean
+    probabilities of the views. Views whose EXIF positions lie over PLACE_SPREAD_KM apart are
+    answered, with a note that says how far."""
+    from geoloc.exif import written_exif
+    from geoloc.predictor import PLACE_SPREAD_KM
+    from geoloc.retrieval import RetrievalIndex
+
+    paths = []
+    for seed in range(4, 8):
+        paths.append(tmp_path / f"view{seed}.png")
+        noisy_photo(seed).save(paths[-1])
+    predictor = Predictor(retrieval_snapshot)
+    answer = predictor.predict_place(paths, top_k=3)
+    places = RetrievalIndex.load(retrieval_snapshot / "retrieval.npz").of_places()
+    assert (answer.lat, answer.lon, answer.mode, answer.views, answer.note) == (
+        places.lat[1], places.lon[1], "place", 4, None)
+    log_probs = predictor.recipe.log_probs(predictor.outputs(paths)).mean(axis=0)
+    probs = np.exp(log_probs - np.logaddexp.reduce(log_probs))
+    assert [t["probability"] for t in answer.top] == pytest.approx(
+        sorted(probs, reverse=True)[:3], abs=1e-9)
+
+    far = []
+    for seed, lat in ((4, 45.0), (5, 45.0 + 2 * PLACE_SPREAD_KM / 111.2)):
+        far.append(tmp_path / f"gps{seed}.jpg")
+        noisy_photo(seed).save(far[-1], exif=written_exif(lat, 3.0, 1_600_000_000_000))
+    note = predictor.predict_place(far).note
+    assert note is not None and "lie up to 0.20 km apart" in note
+    assert predictor.predict_place(far[:1] * 2).note is None

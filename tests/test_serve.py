@@ -88,7 +88,8 @@ def test_model_without_metrics(server):
     assert set(about) == {"model", "cells", "limits", "modes", "default_mode"}
     assert about["modes"] == ["argmax", "topk", "topk_mean", "hierarchical", "sequence",
                               "sequence_online"] and about["default_mode"] == "argmax"
-    assert about["limits"] == {"max_upload_bytes": 20_000_000, "max_pixels": 50_000_000,
+    assert about["limits"] == {"max_upload_bytes": 20_000_000, "max_views": 8,
+                               "max_request_bytes": 50_000_000, "max_pixels": 50_000_000,
                                "timeout_s": 30.0}
 
 
@@ -98,7 +99,9 @@ def test_docs_and_openapi(server):
     spec = requests.get(f"{server}/openapi.json", timeout=10).json()
     predict = spec["paths"]["/predict"]["post"]
     form = predict["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert form["required"] == ["image"] and form["properties"]["image"]["format"] == "binary"
+    image = form["properties"]["image"]
+    assert form["required"] == ["image"] and image["items"]["format"] == "binary"
+    assert "views of one place" in image["description"]
     assert {"400", "413", "415", "422", "504"} <= set(predict["responses"])
     assert {"/health", "/model", "/map.json"} <= set(spec["paths"])
 
@@ -129,7 +132,7 @@ def test_modes_from_the_form_or_the_query_and_retrieval(retrieval_snapshot):
     index = RetrievalIndex.load(retrieval_snapshot / RETRIEVAL_INDEX)
     with serving(create_app(retrieval_snapshot)) as url:
         about = requests.get(f"{url}/model", timeout=10).json()
-        assert about["modes"][-1] == "retrieval" and "hybrid" not in about["modes"]
+        assert about["modes"][-2:] == ["retrieval", "place"] and "hybrid" not in about["modes"]
         default = post(url, data).json()
         by_form = post(url, data, fields={"mode": "retrieval"}).json()
         by_query = post(url, data, params={"mode": "retrieval"}).json()
@@ -141,7 +144,44 @@ def test_modes_from_the_form_or_the_query_and_retrieval(retrieval_snapshot):
     best = Predictor(retrieval_snapshot).predict([data], 5, "topk")[0]
     assert (topk["mode"], topk["lat"], topk["lon"]) == ("topk", best.lat, best.lon)
     assert_refused(refused, 422, "mode must be one of argmax, topk, topk_mean, hierarchical, "
-                   "sequence, sequence_online, retrieval", "'hybrid'")
+                   "sequence, sequence_online, retrieval, place", "'hybrid'")
+
+
+def test_the_views_of_one_place_in_one_request(retrieval_snapshot, tiny_snapshot):
+    """Several files in one request are the views of one place: the predictor's place answer,
+    naming the mode and the views. Over the file count or the request's bytes: 413 naming the
+    limit; a bad view is named by its number; another mode, or a snapshot without the index:
+    422."""
+    views = []
+    for seed in range(4, 8):
+        png = io.BytesIO()
+        noisy_photo(seed).save(png, "PNG")
+        views.append(png.getvalue())
+
+    def send(url, photos, **options):
+        files = [("image", (f"view{i}.png", data)) for i, data in enumerate(photos)]
+        return requests.post(f"{url}/predict", files=files, timeout=60, **options)
+
+    place = Predictor(retrieval_snapshot).predict_place(views)
+    request_limit = sum(map(len, views)) - 1
+    with serving(create_app(retrieval_snapshot, max_views=4, max_upload_bytes=request_limit,
+                            max_request_bytes=request_limit)) as url:
+        too_much = send(url, views)
+    assert_refused(too_much, 413, f"the limit is {request_limit / 1e6:g} MB ({request_limit} "
+                                  f"bytes) per request")
+    with serving(create_app(retrieval_snapshot, max_views=4)) as url:
+        answer = send(url, views).json()
+        too_many = send(url, views + views[:1])
+        broken = send(url, views[:2] + [b"not a photo"])
+        other_mode = send(url, views, data={"mode": "argmax"})
+    assert (answer["mode"], answer["views"], answer["note"]) == ("place", 4, None)
+    assert (answer["lat"], answer["lon"]) == (place.lat, place.lon)
+    assert [c["cell"] for c in answer["top"]] == [c["cell"] for c in place.top]
+    assert_refused(too_many, 413, "too many files: the limit is 4 photos per request")
+    assert_refused(broken, 415, "photo 3 of 3: not an image")
+    assert_refused(other_mode, 422, "views of one place (mode place), not in mode 'argmax'")
+    with serving(create_app(tiny_snapshot)) as url:
+        assert_refused(send(url, views[:2]), 422, "does not serve the place mode")
 
 
 def test_top_k_from_the_query_or_the_form(server, tiny_snapshot):
@@ -223,12 +263,12 @@ def test_declared_length_over_the_limit_is_413_before_the_body_is_sent(server):
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     connection.putrequest("POST", "/predict")
     connection.putheader("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")
-    connection.putheader("Content-Length", str(25_000_000))
+    connection.putheader("Content-Length", str(60_000_000))
     connection.putheader("Expect", "100-continue")
     connection.endheaders()
     response = connection.getresponse()
     assert response.status == 413
-    assert "20 MB" in json.loads(response.read())["detail"]
+    assert "50 MB (50000000 bytes) per request" in json.loads(response.read())["detail"]
     connection.close()
 
 

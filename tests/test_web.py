@@ -51,6 +51,28 @@ def test_page_shows_the_apis_prediction(server, driver, tmp_path, fmt, top_k):
     assert Image.open(screenshot).size == web_check.WINDOW
 
 
+def test_the_views_of_one_place_are_answered_together(retrieval_snapshot, driver, tmp_path):
+    """Several photos chosen at once: one request, the place answer the API gives, shown with
+    its mode and number of views."""
+    from conftest import noisy_photo
+
+    views = []
+    for seed in range(4, 8):
+        views.append(tmp_path / f"view{seed}.png")
+        noisy_photo(seed).save(views[-1])
+    with serving(create_app(retrieval_snapshot)) as url:
+        files = [("image", (path.name, path.read_bytes())) for path in views]
+        api = requests.post(f"{url}/predict", files=files, timeout=30).json()
+        shown = web_check.locate_in_page(driver, url, views)
+        too_many = web_check.locate_in_page(driver, url, views * 3)
+    assert shown.state == "done", shown.status
+    assert (shown.lat, shown.lon) == (f"{api['lat']:.5f}", f"{api['lon']:.5f}")
+    assert shown.answered == "in mode place, 4 views of one place together"
+    assert shown.status == "Located 4 views of one place."
+    assert too_many.state == "error"
+    assert too_many.status == "12 photos; the limit is 8 views of one place."
+
+
 def test_page_shows_why_a_photo_was_refused(server, driver, tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_bytes(b"not a photo\n" * 10)

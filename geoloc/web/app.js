@@ -11,7 +11,7 @@ const X_SCALE = Math.cos(((VIEW.south + VIEW.north) / 2) * Math.PI / 180);
 const LABELLED_CITIES = 20;  // data/cities.csv lists the largest first
 
 const $ = (id) => document.getElementById(id);
-let maxUploadBytes = Infinity;
+let limits = { max_upload_bytes: Infinity, max_request_bytes: Infinity, max_views: Infinity };
 
 function project(lat, lon) {
   return [(lon - VIEW.west) * X_SCALE * PX_PER_DEGREE, (VIEW.north - lat) * PX_PER_DEGREE];
@@ -77,6 +77,11 @@ function showAnswer(answer) {
   $("lon").textContent = answer.lon.toFixed(5);
   $("cell").textContent = answer.cell;
   $("confidence").textContent = `${(100 * answer.confidence).toFixed(1)}%`;
+  $("answered").textContent = answer.views > 1
+    ? `in mode ${answer.mode}, ${answer.views} views of one place together`
+    : `in mode ${answer.mode}`;
+  $("note").textContent = answer.note || "";
+  $("note").hidden = !answer.note;
   $("osm").href = answer.osm_url;
   const rows = answer.top.map((cell, rank) => {
     const row = document.createElement("tr");
@@ -103,25 +108,43 @@ function setStatus(text, isError) {
   if (isError) $("result").dataset.state = "error";
 }
 
-async function locate(file) {
-  if (!file) return setStatus("Choose a photo first.", true);
-  if (file.size > maxUploadBytes) {
-    return setStatus(`This photo is ${megabytes(file.size)}; the limit is ` +
-      `${megabytes(maxUploadBytes)}.`, true);
+// Refuse here what the server would refuse for its size, before uploading it.
+function tooLarge(files) {
+  if (files.length > limits.max_views) {
+    return `${files.length} photos; the limit is ${limits.max_views} views of one place.`;
   }
-  $("preview").src = URL.createObjectURL(file);
+  const big = files.find((file) => file.size > limits.max_upload_bytes);
+  if (big) {
+    return `This photo is ${megabytes(big.size)}; the limit is ` +
+      `${megabytes(limits.max_upload_bytes)}.`;
+  }
+  const total = files.reduce((sum, file) => sum + file.size, 0);
+  if (total > limits.max_request_bytes) {
+    return `These photos are ${megabytes(total)} together; the limit is ` +
+      `${megabytes(limits.max_request_bytes)}.`;
+  }
+  return null;
+}
+
+async function locate(fileList) {
+  const files = Array.from(fileList || []);
+  if (!files.length) return setStatus("Choose a photo first.", true);
+  const refusal = tooLarge(files);
+  if (refusal) return setStatus(refusal, true);
+  const what = files.length > 1 ? `${files.length} views of one place` : files[0].name;
+  $("preview").src = URL.createObjectURL(files[0]);
   $("preview").hidden = false;
   $("result").dataset.state = "busy";
-  setStatus(`Locating ${file.name}…`, false);
+  setStatus(`Locating ${what}…`, false);
   const form = new FormData();
-  form.append("image", file);
+  for (const file of files) form.append("image", file);
   form.append("top_k", $("top-k").value);
   try {
     const response = await fetch("/predict", { method: "POST", body: form });
     const body = await response.json();
     if (!response.ok) return setStatus(`Refused (${response.status}): ${body.detail}`, true);
     showAnswer(body);
-    setStatus(`Located ${file.name}.`, false);
+    setStatus(`Located ${what}.`, false);
   } catch (error) {
     setStatus(`The server did not answer: ${error.message}`, true);
   }
@@ -130,10 +153,10 @@ async function locate(file) {
 function listenForPhotos() {
   const input = $("photo");
   const zone = $("dropzone");
-  input.addEventListener("change", () => locate(input.files[0]));
+  input.addEventListener("change", () => locate(input.files));
   $("upload").addEventListener("submit", (event) => {
     event.preventDefault();
-    locate(input.files[0]);
+    locate(input.files);
   });
   zone.addEventListener("dragover", (event) => {
     event.preventDefault();
@@ -143,8 +166,7 @@ function listenForPhotos() {
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
     zone.classList.remove("over");
-    const file = event.dataTransfer.files[0];
-    if (file) locate(file);
+    if (event.dataTransfer.files.length) locate(event.dataTransfer.files);
   });
 }
 
@@ -153,7 +175,7 @@ async function start() {
   try {
     const [baseMap, model] = await Promise.all(
       ["/map.json", "/model"].map((url) => fetch(url).then((r) => r.json())));
-    maxUploadBytes = model.limits.max_upload_bytes;
+    limits = model.limits;
     drawBaseMap(baseMap);
     document.body.dataset.ready = "true";
   } catch (error) {
