@@ -3,7 +3,8 @@
 Atlantic coast, auto cells) in a fresh clone of HEAD, once per seed, then the preset as one
 `dvc exp run`. Writes experiments/own_photos.md, which the README quotes: seed by seed, auto's
 choice with its cross-validated interval beside one split's test interval and the mode best on
-test; then every answer of the cross-validation against the nearest photo.
+test; then every answer of the cross-validation against the nearest photo; then place retrieval
+(each stop's four faces answered together) against photo retrieval, seed by seed.
 
     python experiments/own_photos.py                 # seeds 0 to 5
     python experiments/own_photos.py --seeds 0
@@ -116,6 +117,29 @@ def answers_table(results: dict[int, dict]) -> list[str]:
     return lines
 
 
+def places_table(results: dict[int, dict]) -> list[str]:
+    """Place retrieval against photo retrieval at each setting, seed by seed: the paired
+    median difference over drives with its 95% interval ("=" where it spans zero)."""
+    seeds = sorted(results)
+    names = [name for name in results[seeds[0]]["crossval"]["answers"]
+             if name.startswith("place_")]
+    lines = ["| place answer | place median km, mean | photo median km, mean | "
+             + " | ".join(f"seed {s}: place - photo km [95%]" for s in seeds) + " |",
+             "|---|---|---|" + "---|" * len(seeds)]
+    for name in names:
+        photo = name.replace("place_", "retrieval_", 1)
+        cells = []
+        for seed in seeds:
+            f = results[seed]["crossval"]["answers"][name]
+            low, high = f["vs_retrieval_km_ci_low"], f["vs_retrieval_km_ci_high"]
+            mark = "" if high < 0 or low > 0 else " ="
+            cells.append(f"{f['vs_retrieval_km']:+.2f} [{low:+.2f}, {high:+.2f}]{mark}")
+        place = np.mean([results[s]["crossval"]["answers"][name]["median_km"] for s in seeds])
+        alone = np.mean([results[s]["crossval"]["answers"][photo]["median_km"] for s in seeds])
+        lines.append(f"| {name} | {place:.2f} | {alone:.2f} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def table(results: dict[int, dict]) -> str:
     seeds = sorted(results)
     first = results[seeds[0]]
@@ -124,7 +148,8 @@ def table(results: dict[int, dict]) -> str:
             f"EfficientNet-Lite0 probe, {first['crossval']['folds']}-fold cross-validation by "
             f"drive over the train and val photos ({first['crossval']['photos']} for seed "
             f"{seeds[0]}), evaluate.mode auto. Intervals are 95%, resampling drives.", ""]
-    return "\n".join([*head, *seed_table(results), "", *answers_table(results)]) + "\n"
+    return "\n".join([*head, *seed_table(results), "", *answers_table(results), "",
+                      *places_table(results)]) + "\n"
 
 
 def main() -> None:

@@ -184,7 +184,8 @@ def fit_probe(train: FeatureSplit, val: FeatureSplit, cells: pd.DataFrame, param
 def crossval_metrics(result: CrossValidation, samples: int) -> dict:
     """metrics/crossval.json: per answer and reference, the distance figures over every
     photo, the median's 95% interval over drives and the paired median difference against
-    the nearest photo with its interval; the choice `auto` makes from them."""
+    the nearest photo with its interval (for place retrieval, also against photo retrieval at
+    the same settings); the choice `auto` makes from them."""
     drives = result.rows["unit"].to_numpy()
     reference = result.errors[NEAREST]
 
@@ -199,6 +200,15 @@ def crossval_metrics(result: CrossValidation, samples: int) -> dict:
                 "vs_nearest_photo_km_ci_high": d_high}
 
     answers = {answer.name: figures(result.errors[answer.name]) for answer in result.answers}
+    # The views of a place answered together against each view alone, at the same settings.
+    for answer in result.answers:
+        if answer.mode == "place":
+            photo = replace(answer, mode="retrieval").name
+            difference, low, high = paired_difference_ci(
+                result.errors[answer.name], result.errors[photo], drives, samples)
+            answers[answer.name] |= {"vs_retrieval_km": difference,
+                                     "vs_retrieval_km_ci_low": low,
+                                     "vs_retrieval_km_ci_high": high}
     chosen = choose(result.answers, {name: f["median_km"] for name, f in answers.items()})
     return {"folds": int(result.rows["fold"].max()) + 1, "photos": len(result.rows),
             "drives": int(result.rows["unit"].nunique()),
