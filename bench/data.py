@@ -52,7 +52,8 @@ def render_benchmark_set(folder: Path, images: int) -> pd.DataFrame:
                frames_max=FRAMES_PER_DRIVE, image_size=SOURCE_SIZE, jpeg_quality=90,
                workers=None)
     store = folder / "downloads"
-    run = FetchRun("bench", folder / "bench", store, DiskBudget(store, 100.0))
+    run = FetchRun("bench", folder / "bench", store, DiskBudget(store, 100.0),
+                   load_params(ROOT / "params.yaml").panoramas)
     manifest = synthetic.fetch(cities, argparse.Namespace(**cfg), run).head(images)
     codes = pd.factorize(manifest["city"], sort=True)[0]
     return pd.DataFrame({"image_id": manifest["image_id"], "label": codes,

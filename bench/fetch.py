@@ -30,7 +30,8 @@ def images_per_second(cfg, concurrency: int) -> tuple[float, int]:
     cfg = dataclasses.replace(cfg, concurrency=concurrency)
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "downloads"
-        run = FetchRun("bench", Path(tmp) / "bench", store, DiskBudget(store, 10.0))
+        run = FetchRun("bench", Path(tmp) / "bench", store, DiskBudget(store, 10.0),
+                       load_params(ROOT / "params.yaml").panoramas)
         started = time.perf_counter()
         manifest = mapillary.fetch(CITY, cfg, run)
         return len(manifest) / (time.perf_counter() - started), len(manifest)

@@ -13,9 +13,11 @@ from PIL import Image, UnidentifiedImageError
 
 from geoloc.choices import SEQUENCE_MODES
 from geoloc.errors import GeolocError
+from geoloc.panorama import PanoramaError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError)
+UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
+              PanoramaError)   # a broken XMP block, a panorama too small to cut
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +107,10 @@ def _predict(args) -> int:
     failed = 0
     for path in paths:
         try:
-            (prediction,) = predictor.predict([path], args.top_k, args.mode)
+            if predictor.is_panorama(path):   # its views, answered together
+                prediction = predictor.predict_place([path], args.top_k)
+            else:
+                (prediction,) = predictor.predict([path], args.top_k, args.mode)
         except UNREADABLE as exc:
             print(f"geoloc: cannot read {path}: {exc}", file=sys.stderr)
             failed += 1

@@ -4,6 +4,7 @@ all three on this machine's CPU."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -19,6 +20,7 @@ from geoloc.inference import Recipe
 from geoloc.models import Exported
 from geoloc.models.to_onnx import write_onnx
 from geoloc.outputs import predict_outputs
+from geoloc.params import PanoramaParams
 from geoloc.predictor import (
     CELL_COLUMNS,
     CELLS_NAME,
@@ -114,15 +116,16 @@ def _median_ms(run, batch: np.ndarray) -> float:
     return 1000 * float(np.median(times))
 
 
-def add_retrieval(out_dir: Path, features_dir: Path, index_path: Path, size: int) -> dict:
+def add_retrieval(out_dir: Path, features_dir: Path, index_path: Path, size: int,
+                  panoramas: PanoramaParams) -> dict:
     """Copy the backbone that computes the features (features.onnx, at `size` px) and the
     training photos' feature index (retrieval.npz) into out_dir; return what model.json says
-    of them."""
+    of them, with how a 360 panorama is cut into the views the place mode answers."""
     shutil.copyfile(features_dir / FEATURES_MODEL, out_dir / FEATURES_MODEL)
     shutil.copyfile(index_path, out_dir / RETRIEVAL_INDEX)
     with np.load(index_path) as index:
         photos = len(index["label"])
-    return {"image_size": size, "photos": photos}
+    return {"image_size": size, "photos": photos, "panoramas": dataclasses.asdict(panoramas)}
 
 
 def write_cells(cells: pd.DataFrame, path: Path) -> None:

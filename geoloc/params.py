@@ -25,6 +25,7 @@ from geoloc.choices import (
     LOSSES,
     MODES,
     NATIVE_SIZES,
+    PANORAMA_DETECTION,
     PRECISIONS,
     PROTOCOLS,
     RETRIEVAL_MODES,
@@ -106,6 +107,7 @@ class MapillaryParams:
 class LocalParams:
     folder: str = knob()
     csv: str | None = knob()
+    panoramas: str = knob(choices=PANORAMA_DETECTION)
 
     def check(self, key: str) -> None:
         # The fetch stage's DVC dependency is the folder: a CSV elsewhere would change without
@@ -115,6 +117,15 @@ class LocalParams:
                 f"{key}.csv ({self.csv}) must lie inside {key}.folder ({self.folder}), which "
                 f"DVC tracks as the fetch stage's input: move it there, e.g. to "
                 f"{Path(self.folder) / Path(self.csv).name}")
+
+
+@dataclass(frozen=True)
+class PanoramaParams:
+    """How a 360 panorama is cut into the views of one place (geoloc.panorama)."""
+    views: int = knob(min=1, max=36)
+    fov: float = knob(min=10.0, max=170.0)
+    pitch: float = knob(min=-90.0, max=90.0)
+    size: int = knob(min=64, max=4096)
 
 
 @dataclass(frozen=True)
@@ -294,6 +305,7 @@ class ExportParams:
 class Params:
     batches: list[str] = knob()
     fetch: FetchParams = knob()
+    panoramas: PanoramaParams = knob()
     index: IndexParams = knob()
     split: SplitParams = knob()
     cache: CacheParams = knob()

@@ -6,7 +6,9 @@ top-k modes weigh, retrieval's backbone and index. The predictor rebuilds that R
 (geoloc.inference) and answers with it, in any mode evaluate reported; the default is the
 evaluated one. A photo is a file path or its bytes: each input size decodes it afresh, as the
 resize cache and the features stage do (a JPEG decoded small for the classifier cannot then
-give the backbone its 224 px).
+give the backbone its 224 px). The views of one place (a rig's cameras, a burst) get one
+answer together: predict_place; a 360 panorama is first cut into views, as the fetch stage cuts
+them (the snapshot keeps how), and answered the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from geoloc.errors import GeolocError
 from geoloc.exif import photo_position, photo_time
 from geoloc.geo import pairwise_km
 from geoloc.inference import Outputs, Recipe, available_modes
+from geoloc.panorama import cut, is_panorama, jpeg
+from geoloc.params import PanoramaParams
 
 MODEL_NAME = "model.onnx"
 CELLS_NAME = "cells.json"
@@ -76,8 +80,9 @@ class Predictor:
         self.cells = json.loads((snapshot / CELLS_NAME).read_text())
         self.session = onnx_session(snapshot / MODEL_NAME, threads)
         retrieval = self.spec.get("retrieval")
-        index, self.features_session = None, None
+        index, self.features_session, self.panoramas = None, None, None
         if retrieval is not None:
+            self.panoramas = PanoramaParams(**retrieval["panoramas"])
             from geoloc.retrieval import RetrievalIndex  # faiss loads only with an index
 
             index = RetrievalIndex.load(snapshot / RETRIEVAL_INDEX)
@@ -102,11 +107,29 @@ class Predictor:
                 for p, lb, a, o in zip(probs, label, lat, lon, strict=True)]
 
     def predict_place(self, photos: list[Photo], top_k: int = 5) -> Prediction:
-        """One answer for the views of one place (mode place), saying how many views it is
-        for and, where their EXIF positions lie more than PLACE_SPREAD_KM apart, that they
-        seem not to be of one place."""
-        answer = self.predict(photos, top_k, "place")[0]
-        return replace(answer, views=len(photos), note=spread_note(photos))
+        """One answer for the views of one place (mode place), a panorama among them cut into
+        its views first, saying how many views it is for and, where the photos' EXIF
+        positions lie more than PLACE_SPREAD_KM apart, that they seem not to be of one
+        place."""
+        views = [view for photo in photos for view in self._views(photo)]
+        answer = self.predict(views, top_k, "place")[0]
+        return replace(answer, views=len(views), note=spread_note(photos))
+
+    def is_panorama(self, photo: Photo) -> bool:
+        """Whether this snapshot cuts the photo into views: a 360 panorama (by its XMP, or its
+        2:1 shape), to a snapshot that serves the place mode. A broken XMP block raises
+        geoloc.panorama.PanoramaError."""
+        if self.panoramas is None:
+            return False
+        with _open(photo) as image:
+            return is_panorama(image)
+
+    def _views(self, photo: Photo) -> list[Photo]:
+        """The photo, or a panorama's views as the fetch stage writes them (JPEG bytes)."""
+        if not self.is_panorama(photo):
+            return [photo]
+        with _open(photo) as image:
+            return [jpeg(view) for view in cut(image, self.panoramas)]
 
     def outputs(self, photos: list[Photo], rows: pd.DataFrame | None = None,
                 features: bool = False) -> Outputs:

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from geoloc.errors import GeolocError
 from geoloc.inference import MODES
+from geoloc.panorama import PanoramaError
 from geoloc.predictor import CELLS_NAME, Prediction, Predictor
 from geoloc.upload import Form, Limits, UploadError, check_declared_length, read_form
 
@@ -189,9 +190,11 @@ def locate(predictor: Predictor, images: list[bytes], top_k: int, max_pixels: in
                 exc.detail = f"photo {number} of {len(images)}: {exc.detail}"
             raise
     try:
-        if len(images) > 1:
+        if len(images) > 1 or predictor.is_panorama(images[0]):
             return predictor.predict_place(images, top_k)
         (prediction,) = predictor.predict(images, top_k, mode)
+    except PanoramaError as exc:
+        raise HTTPException(400, f"a 360 panorama that cannot be cut into views: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise HTTPException(400, f"corrupt or truncated image: {exc}") from None
     return prediction

@@ -62,7 +62,7 @@ def main() -> None:
     with atomic_dir(args.out) as tmp:
         if params.export.retrieval_index:
             spec["retrieval"] = add_retrieval(tmp, Path(args.features), Path(args.retrieval),
-                                              params.features.size)
+                                              params.features.size, params.panoramas)
         figures = export_model(model, cells, size, check, tmp, params.export.opset, spec)
         write_json(checkpoint["params"], tmp / "params.json")
         write_json({"evaluate": evaluation, "export": figures}, tmp / "metrics.json")

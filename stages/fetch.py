@@ -32,7 +32,8 @@ def main() -> None:
     with atomic_dir(args.out) as tmp:
         run = FetchRun(batch=args.batch, out_dir=tmp,
                        store_dir=args.store / params.fetch.source,
-                       budget=DiskBudget(args.store, params.fetch.max_disk_gb))
+                       budget=DiskBudget(args.store, params.fetch.max_disk_gb),
+                       panoramas=params.panoramas)
         manifest = fetch_batch(cities, params.fetch, run)
         write_manifest(manifest, tmp)
         figures = run.metrics(manifest, time.monotonic() - started)

@@ -1,3 +1,4 @@
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -70,7 +71,8 @@ def fetch_run(out_dir: Path, batch: str = "batch01", store_dir: Path | None = No
 
     store_dir = store_dir or Path(out_dir).parent / "downloads"
     return FetchRun(batch=batch, out_dir=Path(out_dir), store_dir=store_dir,
-                    budget=DiskBudget(store_dir, max_gb))
+                    budget=DiskBudget(store_dir, max_gb),
+                    panoramas=load_params(ROOT / "params.yaml").panoramas)
 
 
 # Real H3 cells (resolution 5) around six cities: the tiny snapshot's classes.
@@ -151,7 +153,8 @@ def retrieval_snapshot(tiny_snapshot, tmp_path_factory) -> Path:
     RetrievalIndex.build(features, lat, lon, labels, dims=8,
                          places=np.arange(12) // 4).save(out / RETRIEVAL_INDEX)
     spec = json.loads((out / SPEC_NAME).read_text())
-    spec["retrieval"] = {"image_size": 48, "photos": 12}
+    spec["retrieval"] = {"image_size": 48, "photos": 12, "panoramas": dataclasses.asdict(
+        load_params(ROOT / "params.yaml").panoramas)}
     spec["recipe"].update(neighbours=1, within_top_cells=0)
     (out / SPEC_NAME).write_text(json.dumps(spec))
     return out

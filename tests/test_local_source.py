@@ -8,15 +8,17 @@ import os
 import re
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT
 from PIL import Image
 from PIL.ExifTags import GPS, IFD, Base
 from PIL.TiffImagePlugin import IFDRational
 
 from geoloc.data.manifest import SCHEMA
 from geoloc.errors import GeolocError
-from geoloc.params import LocalParams
+from geoloc.params import LocalParams, load_params
 from geoloc.sources import local
 from geoloc.sources.run import DiskBudget, DiskBudgetError, FetchRun
 
@@ -34,7 +36,8 @@ SANTIAGO = (-33.4489, -70.6693)
 def make_run(tmp_path, max_gb: float = 1.0, out: str = "out") -> FetchRun:
     store = tmp_path / "store"
     return FetchRun(batch="batch01", out_dir=tmp_path / out, store_dir=store,
-                    budget=DiskBudget(store, max_gb=max_gb))
+                    budget=DiskBudget(store, max_gb=max_gb),
+                    panoramas=load_params(ROOT / "params.yaml").panoramas)
 
 
 def dms(degrees: float) -> tuple[float, float, float]:
@@ -74,9 +77,10 @@ def write_photo(path, position=None, *, size=(40, 30), when=None, offset=None, a
     return path
 
 
-def fetch(tmp_path, folder, csv=None, run=None) -> pd.DataFrame:
+def fetch(tmp_path, folder, csv=None, run=None, panoramas="auto") -> pd.DataFrame:
     run = run or make_run(tmp_path)
-    cfg = LocalParams(folder=str(folder), csv=None if csv is None else str(csv))
+    cfg = LocalParams(folder=str(folder), csv=None if csv is None else str(csv),
+                      panoramas=panoramas)
     return local.fetch(CITIES, cfg, run)
 
 
@@ -309,3 +313,61 @@ def test_a_csv_names_photos_from_its_own_folder(tmp_path):
     csv.write_text("image,lat,lon\n../../a.jpg,48.39,-4.48\n")
     with pytest.raises(local.LocalSourceError, match=r"must be a path inside .* \(from the CSV"):
         fetch(tmp_path, folder, csv=csv)
+
+
+def write_panorama(path, position, *, width=512, direction=None, xmp=None):
+    """A 2:1 equirectangular panorama whose colour tells the heading: a red disc straight
+    ahead (its centre column), blue behind."""
+    from test_panorama import equirectangular
+
+    image = equirectangular({(0, 0): (255, 0, 0), (180, 0): (0, 0, 255)}, width=width,
+                            radius_deg=10)
+    write_photo(path, position, size=(1, 1), direction=direction)   # for its EXIF
+    with Image.open(path) as tagged:
+        exif = tagged.getexif()
+    path.unlink()
+    image.save(path, format="JPEG", quality=95, exif=exif,
+               **({} if xmp is None else {"xmp": xmp.encode()}))
+    return path
+
+
+def test_panoramas_are_cut_into_the_views_of_one_place(tmp_path, caplog):
+    """A 2:1 panorama becomes four views of one place, facing the compass angle and every 90
+    degrees from it; a re-run writes the same bytes. One too small to cut and one with a
+    broken XMP block are named and counted; `never` keeps a panorama whole."""
+    from test_panorama import XMP
+
+    folder = tmp_path / "photos"
+    write_panorama(folder / "pano.jpg", BREST, direction=350.0)
+    write_panorama(folder / "tiny.jpg", BREST, width=128)
+    write_panorama(folder / "broken.jpg", BREST, xmp="<x:xmpmeta><rdf:RDF>")
+    wide = XMP.format(body='GPano:ProjectionType="equirectangular"/>')
+    write_photo(folder / "flat.jpg", BREST, size=(40, 30))
+    caplog.set_level(logging.WARNING)
+    run = make_run(tmp_path)
+    df = fetch(tmp_path, folder, run=run)
+    assert run.counts == {"panorama_too_small": 1, "broken_xmp": 1}
+    assert "tiny.jpg" in caplog.text and "broken.jpg" in caplog.text
+    views = df[df["view_group"].notna()].reset_index(drop=True)
+    assert len(df) == 5 and len(views) == 4 and views["view_group"].nunique() == 1
+    assert sorted(views["compass_angle"]) == [80.0, 170.0, 260.0, 350.0]
+    assert (views[["width", "height"]] == 128).all().all()   # 512 px x 90 / 360
+    assert views["sequence_id"].nunique() == 1 and views["captured_at"].nunique() == 1
+    facing = {row.compass_angle: np.asarray(Image.open(run.image_dir / f"{row.image_id}.jpg"))
+              for row in views.itertuples()}
+    assert facing[350.0][64, 64, 0] > 200 > facing[350.0][64, 64, 2]   # ahead: red
+    assert facing[170.0][64, 64, 2] > 200 > facing[170.0][64, 64, 0]   # behind: blue
+    again = make_run(tmp_path, out="again")
+    fetch(tmp_path, folder, run=again)
+    assert sorted(p.read_bytes() for p in run.image_dir.iterdir()) == \
+        sorted(p.read_bytes() for p in again.image_dir.iterdir())
+    # The XMP says equirectangular: cut whatever the shape; `never`: every photo whole.
+    (folder / "broken.jpg").unlink()
+    (folder / "tiny.jpg").unlink()
+    image = Image.open(folder / "pano.jpg").resize((600, 200))
+    image.save(folder / "pano.jpg", exif=Image.open(folder / "pano.jpg").getexif(),
+               xmp=wide.encode())
+    cut = fetch(tmp_path, folder, run=make_run(tmp_path, out="xmp"))
+    assert cut["view_group"].notna().sum() == 4
+    whole = fetch(tmp_path, folder, run=make_run(tmp_path, out="whole"), panoramas="never")
+    assert len(whole) == 2 and whole["view_group"].isna().all()

@@ -134,12 +134,31 @@ def test_coverage_tiles_find_what_searches_find(token, tmp_path, caplog):
     assert_secret_nowhere(tmp_path, caplog.text)
 
 
-def test_filters_and_caps(token, tmp_path):
+def test_filters_and_caps(token, tmp_path, caplog):
     with MapillaryServer(IMAGES, token=TOKEN) as server:
-        run = fetch_run(tmp_path / "all")
+        # The stand-in's 64 px panoramas are too small to cut: each named and counted.
+        run = fetch_run(tmp_path / "small")
+        small = mapillary.fetch(CITIES, mapillary_cfg(server, skip_panoramas=False), run)
+        assert run.counts["panorama_too_small"] > 0 and small["view_group"].isna().all()
+        assert "is too small to cut into views" in caplog.text
+    with MapillaryServer(IMAGES, token=TOKEN, jpeg_long_side=256) as server:
+        run = fetch_run(tmp_path / "all", store_dir=tmp_path / "downloads256")
         everything = mapillary.fetch(CITIES, mapillary_cfg(server, skip_panoramas=False), run)
-        panos = {im.id for im in IMAGES if im.is_pano} & set(everything["image_id"])
-        assert panos and set(everything["image_id"]) >= expected_ids(IMAGES)
+        # Each panorama kept is cut into four views of one place, facing its compass angle
+        # and every 90 degrees from it.
+        views = everything[everything["view_group"].notna()]
+        cut = views.groupby("view_group")
+        panos = {im.id for im in IMAGES if im.is_pano}
+        assert set(cut.groups) and {g.removeprefix("mapillary:") for g in cut.groups} <= panos
+        assert (cut.size() == 4).all() and (views["width"] == 64).all()   # 256 px x 90 / 360
+        compass = {im.id: im.compass_angle for im in IMAGES}
+        for group, rows in cut:
+            start = compass[group.removeprefix("mapillary:")]
+            assert sorted(rows["compass_angle"]) == sorted((start + 90 * i) % 360
+                                                           for i in range(4))
+            assert rows["image_id"].str.startswith(group.removeprefix("mapillary:")).all()
+        assert set(everything["image_id"]) >= expected_ids(IMAGES)
+        panos = set(views["image_id"])
 
         capped = mapillary.fetch(CITIES, mapillary_cfg(
             server, max_images_per_sequence=2, max_images_per_city=12),

@@ -6,6 +6,10 @@ ignored), from that CSV. A photo joins the nearest city of the batch whose radiu
 Photos without a position, files that do not decode, CSV rows naming no file and photos outside
 every city of the batch are skipped, counted and named in one line per reason.
 
+A 360 panorama (fetch.local.panoramas: by its XMP, or its 2:1 shape) is cut into the views of
+one place (geoloc.panorama), each view a photo of the batch; one too small to cut, or whose XMP
+block does not parse, is skipped and counted like the others.
+
 The files are copied into the batch under a content id, so the same photo is the same image
 wherever it lives; the user's files are only read.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -22,7 +27,6 @@ import os
 import re
 import shutil
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +38,8 @@ from geoloc.data.manifest import SCHEMA, conform
 from geoloc.errors import GeolocError
 from geoloc.exif import capture_time, compass, gps_position, ms, text
 from geoloc.io import atomic_path
-from geoloc.params import LocalParams
+from geoloc.panorama import PanoramaError, cut, headings, is_panorama, jpeg, view_size
+from geoloc.params import LocalParams, PanoramaParams
 from geoloc.sources.run import FetchRun
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,9 @@ SKIP_REASONS = {
     "missing_file": "are listed in the CSV but are not in the folder",
     "outside_cities": "lie outside every city circle of this batch in data/cities.csv (they "
                       "may belong to another batch)",
+    "panorama_too_small": "are 360 panoramas too small to cut into views (panoramas)",
+    "broken_xmp": "have an XMP block that does not parse, so whether they are panoramas is "
+                  "unknown (set fetch.local.panoramas to always or never to decide)",
 }
 
 
@@ -67,7 +75,7 @@ class _Skip(Exception):
         self.kind = kind
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Listed:
     """What the CSV says about one photo; NOT_LISTED for the photos it does not list."""
     lat: float | None
@@ -82,7 +90,7 @@ NOT_LISTED = _Listed(lat=None, lon=None, sequence_id=None, captured_at=None, cre
                      group=None)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Photo:
     path: Path
     image_id: str
@@ -95,6 +103,7 @@ class _Photo:
     view_group: str | None
     width: int
     height: int
+    panorama: bool   # cut into views when placed in the batch
 
 
 def fetch(cities: pd.DataFrame, cfg: LocalParams, run: FetchRun) -> pd.DataFrame:
@@ -103,12 +112,15 @@ def fetch(cities: pd.DataFrame, cfg: LocalParams, run: FetchRun) -> pd.DataFrame
     folder = _folder(cfg.folder)
     skipped: dict[str, list[str]] = collections.defaultdict(list)
     listed = _read_csv(Path(cfg.csv), folder, skipped) if cfg.csv else {}
-    photos = _read_photos(folder, listed, skipped)
+    photos = _read_photos(folder, listed, skipped, cfg.panoramas, run.panoramas)
     cities_of = nearest_cities([p.lat for p in photos], [p.lon for p in photos], cities)
     rows = []
     for photo, city in zip(photos, cities_of, strict=True):
         if city is None:
             skipped["outside_cities"].append(photo.path.relative_to(folder).as_posix())
+            continue
+        if photo.panorama:
+            rows += _place_views(photo, city, run)
             continue
         _place(photo.path, run.image_dir / f"{photo.image_id}.jpg", run)
         rows.append(_row(photo, city, run.batch))
@@ -133,14 +145,14 @@ def _jpegs(folder: Path) -> list[Path]:
     return paths
 
 
-def _read_photos(folder: Path, listed: dict[str, _Listed],
-                 skipped: dict[str, list[str]]) -> list[_Photo]:
+def _read_photos(folder: Path, listed: dict[str, _Listed], skipped: dict[str, list[str]],
+                 detect: str, cutting: PanoramaParams) -> list[_Photo]:
     """The importable photos, each content once (the first path in sorted order wins)."""
     photos, seen = [], set()
     for path in _jpegs(folder):
         rel = path.relative_to(folder).as_posix()
         try:
-            photo = _read_photo(path, folder, listed.get(rel, NOT_LISTED))
+            photo = _read_photo(path, folder, listed.get(rel, NOT_LISTED), detect, cutting)
         except _Skip as skip:
             skipped[skip.kind].append(rel)
             continue
@@ -152,12 +164,18 @@ def _read_photos(folder: Path, listed: dict[str, _Listed],
     return photos
 
 
-def _read_photo(path: Path, folder: Path, listed: _Listed) -> _Photo:
+def _read_photo(path: Path, folder: Path, listed: _Listed, detect: str,
+                cutting: PanoramaParams) -> _Photo:
     data = path.read_bytes()
-    exif, gps, details, (width, height) = _decode(data)
+    exif, gps, details, (width, height), panorama = _decode(data, detect)
     position = (listed.lat, listed.lon) if listed.lat is not None else gps_position(gps)
     if position is None:
         raise _Skip("no_position")
+    if panorama:
+        try:
+            view_size(width, height, cutting)
+        except PanoramaError:
+            raise _Skip("panorama_too_small") from None
     if exif.get(Base.Orientation) in ROTATED:
         width, height = height, width
     return _Photo(
@@ -176,23 +194,49 @@ def _read_photo(path: Path, folder: Path, listed: _Listed) -> _Photo:
         view_group=None if listed.group is None else "local:" + listed.group,
         width=width,
         height=height,
+        panorama=panorama,
     )
 
 
-def _decode(data: bytes) -> tuple[Image.Exif, dict, dict, tuple[int, int]]:
-    """The EXIF tags (main, GPS and Exif folders) and stored pixel size of a JPEG, after
-    checking that all of it decodes."""
+def _decode(data: bytes, detect: str) -> tuple[Image.Exif, dict, dict, tuple[int, int], bool]:
+    """The EXIF tags (main, GPS and Exif folders), stored pixel size and whether it is a
+    panorama (`detect`: fetch.local.panoramas) of a JPEG, after checking that all of it
+    decodes."""
     try:
         with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:
             exif, size = img.getexif(), img.size
             # Read here, where a corrupt EXIF block is caught like corrupt pixels.
             gps, details = exif.get_ifd(IFD.GPSInfo), exif.get_ifd(IFD.Exif)
+            panorama = is_panorama(img, detect)
             # Decoding at 1/8 scale still reads every byte, so truncation shows, but costs less.
             img.draft(img.mode, (1, 1))
             img.load()
+    except PanoramaError:
+        raise _Skip("broken_xmp") from None
     except (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError):
         raise _Skip("unreadable") from None
-    return exif, gps, details, size
+    return exif, gps, details, size, panorama
+
+
+def _place_views(photo: _Photo, city: str, run: FetchRun) -> list[dict]:
+    """Cut a panorama into its views, write each into the batch, and return their rows: one
+    view group, each view facing its own compass heading. A view's id comes from the
+    panorama's content id and its number (two views may look alike: an empty sky)."""
+    with Image.open(photo.path) as image:
+        views = cut(image, run.panoramas)
+    rows = []
+    turns = headings(photo.compass_angle, run.panoramas)
+    for number, (view, heading) in enumerate(zip(views, turns, strict=True)):
+        data = jpeg(view)
+        image_id = hashlib.sha256(f"{photo.image_id}:{number}".encode()).hexdigest()[:16]
+        run.budget.reserve(len(data))
+        with atomic_path(run.image_dir / f"{image_id}.jpg") as tmp:
+            tmp.write_bytes(data)
+        rows.append(_row(dataclasses.replace(
+            photo, image_id=image_id, compass_angle=heading, width=view.shape[1],
+            height=view.shape[0], view_group=f"local:panorama:{photo.image_id}"),
+            city, run.batch))
+    return rows
 
 
 def _row(photo: _Photo, city: str, batch: str) -> dict:

@@ -16,7 +16,9 @@ The contract is ../shared/reference/mapillary-api.md. In short:
 * transient failures (429 honouring Retry-After, 5xx, code -2 timeouts, resets, slow answers,
   truncated bodies) back off exponentially with jitter; 401 stops everything at once;
 * the token comes only from $MAPILLARY_TOKEN, goes only into the Authorization header (and the
-  query of tile URLs, as that host requires), and is scrubbed from any text raised or logged.
+  query of tile URLs, as that host requires), and is scrubbed from any text raised or logged;
+* 360 panoramas are skipped (`skip_panoramas`) or, kept, cut into the views of one place
+  (geoloc.panorama), each view a photo `<image id>-<n>` of the batch.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from geoloc.data.manifest import SCHEMA, conform
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km
 from geoloc.io import atomic_path
+from geoloc.panorama import PanoramaError, cut, headings, jpeg
 from geoloc.params import MapillaryParams
 from geoloc.sources.run import FetchRun
 from geoloc.sources.vector_tile import decode_points, tiles_over
@@ -107,7 +110,7 @@ def fetch(cities: pd.DataFrame, cfg: MapillaryParams, run: FetchRun) -> pd.DataF
                     desc=f"{run.batch} download")
     kept = [row for row in done if row is not None]
     write_attribution(kept, run.out_dir / ATTRIBUTION_NAME)
-    return conform(pd.DataFrame([manifest_row(row, run.batch) for row in kept],
+    return conform(pd.DataFrame([view for row in kept for view in manifest_rows(row, run.batch)],
                                 columns=list(SCHEMA)))
 
 
@@ -467,7 +470,7 @@ def select(found: list[dict], cities: pd.DataFrame, cfg: MapillaryParams) -> lis
     """Filter the search rows and cap them, deterministically; rows get lat, lon and city."""
     rows = [row for row in map(_position, found) if row is not None]
     if cfg.skip_panoramas:
-        rows = [r for r in rows if not r.get("is_pano") and r.get("camera_type") != "spherical"]
+        rows = [r for r in rows if not _is_panorama(r)]
     rows = [r for r in rows if _in_dates(r, cfg)]
     rows = _assign_cities(rows, cities)
     rows = _cap_sequences(rows, cfg.max_images_per_sequence)
@@ -527,8 +530,9 @@ def store_path(run: FetchRun, thumbnail_field: str, image_id: str) -> Path:
 
 def download(client: Client, row: dict, run: FetchRun,
              circles: dict[str, tuple[float, float, float]]) -> dict | None:
-    """Put the image's verified JPEG in the store and link it into the batch; return its row
-    with the JPEG's size, or None when Mapillary no longer serves it."""
+    """Put the image's verified JPEG in the store and link it into the batch (a 360 panorama:
+    its views, cut as params `panoramas` says); return its row with the JPEG's size (and a
+    panorama's `views`), or None when Mapillary no longer serves it."""
     stored = store_path(run, client.thumb_field, row["id"])
     try:
         if row.get("from_tile"):
@@ -545,9 +549,38 @@ def download(client: Client, row: dict, run: FetchRun,
         run.count("gone")
         log.warning("image %s is no longer available; skipped", row["id"])
         return None
+    if _is_panorama(row):
+        try:
+            return dict(row, views=_write_views(stored, row, run))
+        except PanoramaError as exc:
+            run.count("panorama_too_small")
+            log.warning("panorama %s skipped: %s", row["id"], exc)
+            return None
     _link(stored, run.image_dir / f"{row['id']}.jpg")
     with Image.open(stored) as image:
         return dict(row, width=image.width, height=image.height)
+
+
+def _is_panorama(row: dict) -> bool:
+    return bool(row.get("is_pano")) or row.get("camera_type") == "spherical"
+
+
+def _write_views(stored: Path, row: dict, run: FetchRun) -> list[dict]:
+    """Cut a stored panorama into its views, write them into the batch, and return each
+    view's id, compass heading and size."""
+    with Image.open(stored) as image:
+        views = cut(image, run.panoramas)
+    turns = headings(row.get("compass_angle"), run.panoramas)
+    described = []
+    for number, (view, heading) in enumerate(zip(views, turns, strict=True)):
+        image_id = f"{row['id']}-{number}"
+        data = jpeg(view)
+        run.budget.reserve(len(data))
+        with atomic_path(run.image_dir / f"{image_id}.jpg") as tmp:
+            tmp.write_bytes(data)
+        described.append({"id": image_id, "compass_angle": heading, "width": view.shape[1],
+                          "height": view.shape[0]})
+    return described
 
 
 def _complete(client: Client, row: dict) -> dict:
@@ -624,15 +657,20 @@ def parallel(fn: Callable, items: Iterable, workers: int, desc: str) -> list:
 
 # ------------------------------------------------------------------------------- manifest, credit
 
-def manifest_row(row: dict, batch: str) -> dict:
+def manifest_rows(row: dict, batch: str) -> list[dict]:
+    """The image's manifest row, or a panorama's: one per view, the views one place."""
     creator = row.get("creator") or {}
-    return {
-        "image_id": row["id"], "lat": row["lat"], "lon": row["lon"],
-        "captured_at": int(row.get("captured_at", 0)), "sequence_id": row["sequence"],
-        "compass_angle": row.get("compass_angle"), "creator": creator.get("username"),
-        "source": SOURCE, "city": row["city"], "batch": batch,
-        "path": f"images/{row['id']}.jpg", "width": row["width"], "height": row["height"],
-    }
+    common = {"lat": row["lat"], "lon": row["lon"], "captured_at": int(row.get("captured_at", 0)),
+              "sequence_id": row["sequence"], "creator": creator.get("username"),
+              "source": SOURCE, "city": row["city"], "batch": batch}
+    if "views" not in row:
+        return [{**common, "image_id": row["id"], "compass_angle": row.get("compass_angle"),
+                 "path": f"images/{row['id']}.jpg", "width": row["width"],
+                 "height": row["height"]}]
+    return [{**common, "image_id": view["id"], "compass_angle": view["compass_angle"],
+             "path": f"images/{view['id']}.jpg", "width": view["width"],
+             "height": view["height"], "view_group": f"{SOURCE}:{row['id']}"}
+            for view in row["views"]]
 
 
 def write_attribution(rows: list[dict], path: Path) -> None:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from geoloc.errors import GeolocError
 from geoloc.io import folder_bytes
+from geoloc.params import PanoramaParams
 
 GB = 1024**3
 DOWNLOADS_DIR = Path("data/downloads")   # the default store; git-ignored, not a DVC output
@@ -48,6 +49,7 @@ class FetchRun:
     out_dir: Path            # the batch folder being built; images go under out_dir/images
     store_dir: Path          # kept between runs so a killed fetch resumes; not a DVC output
     budget: DiskBudget
+    panoramas: PanoramaParams   # how a source cuts a 360 panorama into views
     counts: collections.Counter = field(default_factory=collections.Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
