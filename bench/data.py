@@ -50,7 +50,7 @@ def render_benchmark_set(folder: Path, images: int) -> pd.DataFrame:
     drives = math.ceil(images / FRAMES_PER_DRIVE / len(cities))
     cfg = dict(seed=0, sequences_per_city=drives, frames_min=FRAMES_PER_DRIVE,
                frames_max=FRAMES_PER_DRIVE, image_size=SOURCE_SIZE, jpeg_quality=90,
-               workers=None)
+               panorama_share=0.0, workers=None)
     store = folder / "downloads"
     run = FetchRun("bench", folder / "bench", store, DiskBudget(store, 100.0),
                    load_params(ROOT / "params.yaml").panoramas)

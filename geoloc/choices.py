@@ -23,8 +23,8 @@ MODES = ("argmax", "topk", "topk_mean", "hierarchical", "hybrid", "sequence", "s
          "retrieval", "place")
 RETRIEVAL_MODES = ("retrieval", "place")   # the modes that search the feature index
 SEQUENCE_MODES = ("sequence", "sequence_online")   # the modes that read a photo's drive
-# How a local photo is told to be a 360 panorama: auto (its XMP says equirectangular or, without
-# a GPano projection, it is exactly 2:1), always, never.
+# How a photo is told to be a 360 panorama: auto (its XMP says equirectangular or, without a
+# GPano projection, it is exactly 2:1), always, never.
 PANORAMA_DETECTION = ("auto", "always", "never")
 
 

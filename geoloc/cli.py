@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="largest photo accepted, in MB (default: 20)")
     serve.add_argument("--max-views", type=int, default=8,
                        help="most photos of one place in one request (default: 8)")
-    serve.add_argument("--max-request-mb", type=float, default=50.0,
-                       help="largest request, all its photos together, in MB (default: 50)")
+    serve.add_argument("--max-request-mb", type=float, default=None,
+                       help="largest request, all its photos together, in MB (default: 50, "
+                            "or --max-upload-mb where larger)")
     args = parser.parse_args(argv)
     try:
         return {"predict": _predict, "purge": _purge, "freeze-test": _freeze_test,
@@ -107,7 +108,8 @@ def _predict(args) -> int:
     failed = 0
     for path in paths:
         try:
-            if predictor.is_panorama(path):   # its views, answered together
+            # A panorama's views are answered together, unless another mode is asked for.
+            if args.mode in (None, "place") and predictor.is_panorama(path):
                 prediction = predictor.predict_place([path], args.top_k)
             else:
                 (prediction,) = predictor.predict([path], args.top_k, args.mode)
@@ -221,11 +223,12 @@ def _serve(args) -> int:
 
     if args.max_upload_mb <= 0 or args.max_views < 1:
         raise GeolocError("--max-upload-mb must be positive and --max-views at least 1")
-    if args.max_request_mb < args.max_upload_mb:
+    if args.max_request_mb is not None and args.max_request_mb < args.max_upload_mb:
         raise GeolocError("--max-request-mb must be at least --max-upload-mb")
     serve.run(args.model, args.host, args.port,
               max_upload_bytes=round(args.max_upload_mb * serve.MB), max_views=args.max_views,
-              max_request_bytes=round(args.max_request_mb * serve.MB))
+              max_request_bytes=(None if args.max_request_mb is None
+                                 else round(args.max_request_mb * serve.MB)))
     return 0
 
 

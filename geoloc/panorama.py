@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,15 +69,21 @@ def projection(image: Image.Image) -> str | None:
     return None
 
 
-def is_panorama(image: Image.Image, detect: str = "auto") -> bool:
+def is_panorama(image: Image.Image, detect: str, *, strict: bool = True) -> bool:
     """Whether to cut this photo: always, never, or (auto) where its XMP says
-    equirectangular or, without a GPano projection, where it is exactly twice as wide as high."""
+    equirectangular or, without a GPano projection, where it is exactly twice as wide as high.
+    A broken XMP block raises PanoramaError, or (not `strict`) leaves the shape to decide."""
     if detect not in PANORAMA_DETECTION:
         raise GeolocError(f"panorama detection {detect!r}: one of "
                           f"{', '.join(PANORAMA_DETECTION)}")
     if detect != "auto":
         return detect == "always"
-    kind = projection(image)
+    try:
+        kind = projection(image)
+    except PanoramaError:
+        if strict:
+            raise
+        kind = None
     if kind is not None:
         return kind == "equirectangular"
     width, height = image.size
@@ -88,6 +95,13 @@ def cut(image: Image.Image, cutting: PanoramaParams) -> list[np.ndarray]:
     i x 360 / views degrees to the right of its centre column."""
     width, height = image.size
     size = view_size(width, height, cutting)
+    # No sharper than the views need: a 50-megapixel panorama would otherwise be sampled from
+    # a float copy of 600 MB.
+    needed = math.ceil(size * 360.0 / cutting.fov)
+    if width > needed:
+        image = image.resize((needed, max(1, round(height * needed / width))),
+                             Image.Resampling.LANCZOS)
+        width, height = image.size
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     x, y, z = _rays(size, cutting.fov, cutting.pitch)
     views = []
@@ -108,6 +122,20 @@ def jpeg(view: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(view).save(out, format="JPEG", quality=JPEG_QUALITY)
     return out.getvalue()
+
+
+@dataclass(frozen=True)
+class View:
+    """One view of a panorama, as every source writes it and the predictor answers it."""
+    data: bytes               # JPEG
+    heading: float | None     # the compass heading it faces, where the panorama's is known
+    size: int                 # px a side
+
+
+def views_of(image: Image.Image, compass: float | None, cutting: PanoramaParams) -> list[View]:
+    """The panorama cut into views (cut), each as JPEG bytes with its heading."""
+    return [View(jpeg(view), heading, view.shape[0]) for view, heading in
+            zip(cut(image, cutting), headings(compass, cutting), strict=True)]
 
 
 def _rays(size: int, fov: float, pitch: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -63,6 +63,7 @@ class SyntheticParams:
     frames_max: int = knob(min=1, max=1000)
     image_size: int = knob(min=32, max=4096)
     jpeg_quality: int = knob(min=1, max=100)
+    panorama_share: float = knob(min=0.0, max=1.0)
     workers: int | None = knob(min=1, max=256)
 
     def check(self, key: str) -> None:
@@ -107,7 +108,6 @@ class MapillaryParams:
 class LocalParams:
     folder: str = knob()
     csv: str | None = knob()
-    panoramas: str = knob(choices=PANORAMA_DETECTION)
 
     def check(self, key: str) -> None:
         # The fetch stage's DVC dependency is the folder: a CSV elsewhere would change without
@@ -121,7 +121,9 @@ class LocalParams:
 
 @dataclass(frozen=True)
 class PanoramaParams:
-    """How a 360 panorama is cut into the views of one place (geoloc.panorama)."""
+    """Which photos are 360 panoramas, and how one is cut into the views of one place
+    (geoloc.panorama)."""
+    detect: str = knob(choices=PANORAMA_DETECTION)
     views: int = knob(min=1, max=36)
     fov: float = knob(min=10.0, max=170.0)
     pitch: float = knob(min=-90.0, max=90.0)

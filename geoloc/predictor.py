@@ -29,7 +29,7 @@ from geoloc.errors import GeolocError
 from geoloc.exif import photo_position, photo_time
 from geoloc.geo import pairwise_km
 from geoloc.inference import Outputs, Recipe, available_modes
-from geoloc.panorama import cut, is_panorama, jpeg
+from geoloc.panorama import is_panorama, views_of
 from geoloc.params import PanoramaParams
 
 MODEL_NAME = "model.onnx"
@@ -56,7 +56,7 @@ class Prediction:
     confidence: float  # the probability of `cell`
     top: list[dict]    # the top-k cells: cell, lat, lon, probability
     mode: str
-    views: int = 1     # the photos the answer is for, as the views of one place
+    views: int = 1     # the views the answer is for, of one place (a panorama: its cut views)
     note: str | None = None
 
 
@@ -96,7 +96,9 @@ class Predictor:
         """One prediction per photo in `mode` (default: the evaluated one), with the top_k
         likeliest cells. The sequence modes take the photos' `rows` (sequence_id,
         captured_at, view_group; image_id) or, without them, the photos as one drive, their
-        EXIF capture times telling views of one place apart from the drive's other places."""
+        EXIF capture times telling views of one place apart from the drive's other places.
+        The place mode takes the places from `rows` or, without them, the photos as the views
+        of one place (each gets the place's answer): pass one photo at a time otherwise."""
         mode = self._mode(mode)
         if rows is None and mode in SEQUENCE_MODES:
             rows = drive_rows(photos)
@@ -116,20 +118,20 @@ class Predictor:
         return replace(answer, views=len(views), note=spread_note(photos))
 
     def is_panorama(self, photo: Photo) -> bool:
-        """Whether this snapshot cuts the photo into views: a 360 panorama (by its XMP, or its
-        2:1 shape), to a snapshot that serves the place mode. A broken XMP block raises
-        geoloc.panorama.PanoramaError."""
+        """Whether this snapshot cuts the photo into views: a 360 panorama as the training
+        photos were told (panoramas.detect: by its XMP, or its 2:1 shape), to a snapshot that
+        serves the place mode. A broken XMP block leaves the shape to decide."""
         if self.panoramas is None:
             return False
         with _open(photo) as image:
-            return is_panorama(image)
+            return is_panorama(image, self.panoramas.detect, strict=False)
 
     def _views(self, photo: Photo) -> list[Photo]:
         """The photo, or a panorama's views as the fetch stage writes them (JPEG bytes)."""
         if not self.is_panorama(photo):
             return [photo]
         with _open(photo) as image:
-            return [jpeg(view) for view in cut(image, self.panoramas)]
+            return [view.data for view in views_of(image, None, self.panoramas)]
 
     def outputs(self, photos: list[Photo], rows: pd.DataFrame | None = None,
                 features: bool = False) -> Outputs:
@@ -150,8 +152,9 @@ class Predictor:
         if mode is None:
             return self.mode
         if mode not in self.modes:
-            more = {"retrieval": " (this snapshot was exported without its feature index, "
-                                 "export.retrieval_index)",
+            bare = (" (this snapshot was exported without its feature index, "
+                    "export.retrieval_index)")
+            more = {"retrieval": bare, "place": bare,
                     "hybrid": " (hybrid needs a model trained with model.hybrid)"}.get(mode, "")
             raise GeolocError(f"mode {mode!r} is not one this snapshot serves; it serves "
                               f"{', '.join(self.modes)}{more}")

@@ -40,6 +40,7 @@ from geoloc.upload import Form, Limits, UploadError, check_declared_length, read
 log = logging.getLogger(__name__)
 
 MB = 1_000_000
+DEFAULT_REQUEST_BYTES = 50 * MB   # all the photos of one request together
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 50
 # What a phone or a browser sends; Pillow's other decoders (TIFF, PSD, ...) are a larger attack
@@ -71,7 +72,7 @@ class Located(BaseModel):
     top: list[Cell]
     osm_url: str
     mode: str     # how the point was made (geoloc.inference, geoloc.retrieval)
-    views: int    # the photos answered together, as the views of one place
+    views: int    # the views answered together, of one place (a panorama: its cut views)
     note: str | None = None   # e.g. views whose EXIF positions lie far apart
 
 
@@ -103,10 +104,13 @@ ERRORS = {status: {"model": Problem, "description": text} for status, text in {
 
 
 def create_app(snapshot: Path | str, *, max_upload_bytes: int = 20 * MB, max_views: int = 8,
-               max_request_bytes: int = 50 * MB, max_pixels: int = 50_000_000,
+               max_request_bytes: int | None = None, max_pixels: int = 50_000_000,
                timeout_s: float = 30.0) -> FastAPI:
     """The app; a request holds one photo of at most `max_upload_bytes`, or up to `max_views`
-    views of one place of at most `max_request_bytes` together."""
+    views of one place of at most `max_request_bytes` together (None: 50 MB, or the photo
+    limit where that is larger)."""
+    if max_request_bytes is None:
+        max_request_bytes = max(DEFAULT_REQUEST_BYTES, max_upload_bytes)
     if max_request_bytes < max_upload_bytes:
         raise GeolocError(f"the request limit ({max_request_bytes} bytes) is below the photo "
                           f"limit ({max_upload_bytes} bytes): raise it")
@@ -190,7 +194,8 @@ def locate(predictor: Predictor, images: list[bytes], top_k: int, max_pixels: in
                 exc.detail = f"photo {number} of {len(images)}: {exc.detail}"
             raise
     try:
-        if len(images) > 1 or predictor.is_panorama(images[0]):
+        # A panorama's views are answered together, unless another mode is asked for.
+        if len(images) > 1 or (mode in (None, "place") and predictor.is_panorama(images[0])):
             return predictor.predict_place(images, top_k)
         (prediction,) = predictor.predict(images, top_k, mode)
     except PanoramaError as exc:
@@ -277,8 +282,8 @@ def _top_k(form: Form, query: int | None) -> int:
     return int(text)
 
 
-def _mode(form: Form, query: str | None, predictor: Predictor, views: int) -> str:
-    """The mode from the form, else the query, else the snapshot's default; for several
+def _mode(form: Form, query: str | None, predictor: Predictor, views: int) -> str | None:
+    """The mode from the form, else the query (None: the snapshot's default); for several
     views of one place, place."""
     mode = form.fields["mode"].strip() if "mode" in form.fields else query
     if views > 1:
@@ -291,7 +296,7 @@ def _mode(form: Form, query: str | None, predictor: Predictor, views: int) -> st
                                    f"place (mode place), not in mode {mode!r}")
         return "place"
     if mode is None:
-        return predictor.mode
+        return None
     if mode not in predictor.modes:
         raise UploadError(422, f"mode must be one of {', '.join(predictor.modes)} (this "
                                f"snapshot's), got {mode!r}")

@@ -1,6 +1,7 @@
 """A folder of the user's own photos (geoloc.sources.local): EXIF and CSV positions, skips and
 their reports, city assignment, content ids, links or copies within the disk budget."""
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -33,11 +34,12 @@ BREST = (48.3904, -4.4861)
 SANTIAGO = (-33.4489, -70.6693)
 
 
-def make_run(tmp_path, max_gb: float = 1.0, out: str = "out") -> FetchRun:
+def make_run(tmp_path, max_gb: float = 1.0, out: str = "out", detect: str = "auto") -> FetchRun:
     store = tmp_path / "store"
+    panoramas = load_params(ROOT / "params.yaml").panoramas
     return FetchRun(batch="batch01", out_dir=tmp_path / out, store_dir=store,
                     budget=DiskBudget(store, max_gb=max_gb),
-                    panoramas=load_params(ROOT / "params.yaml").panoramas)
+                    panoramas=dataclasses.replace(panoramas, detect=detect))
 
 
 def dms(degrees: float) -> tuple[float, float, float]:
@@ -77,10 +79,9 @@ def write_photo(path, position=None, *, size=(40, 30), when=None, offset=None, a
     return path
 
 
-def fetch(tmp_path, folder, csv=None, run=None, panoramas="auto") -> pd.DataFrame:
+def fetch(tmp_path, folder, csv=None, run=None) -> pd.DataFrame:
     run = run or make_run(tmp_path)
-    cfg = LocalParams(folder=str(folder), csv=None if csv is None else str(csv),
-                      panoramas=panoramas)
+    cfg = LocalParams(folder=str(folder), csv=None if csv is None else str(csv))
     return local.fetch(CITIES, cfg, run)
 
 
@@ -317,11 +318,11 @@ def test_a_csv_names_photos_from_its_own_folder(tmp_path):
 
 def write_panorama(path, position, *, width=512, direction=None, xmp=None):
     """A 2:1 equirectangular panorama whose colour tells the heading: a red disc straight
-    ahead (its centre column), blue behind."""
+    ahead (its centre column), green to the right, blue behind."""
     from test_panorama import equirectangular
 
-    image = equirectangular({(0, 0): (255, 0, 0), (180, 0): (0, 0, 255)}, width=width,
-                            radius_deg=10)
+    image = equirectangular({(0, 0): (255, 0, 0), (90, 0): (0, 255, 0),
+                             (180, 0): (0, 0, 255)}, width=width, radius_deg=10)
     write_photo(path, position, size=(1, 1), direction=direction)   # for its EXIF
     with Image.open(path) as tagged:
         exif = tagged.getexif()
@@ -334,7 +335,8 @@ def write_panorama(path, position, *, width=512, direction=None, xmp=None):
 def test_panoramas_are_cut_into_the_views_of_one_place(tmp_path, caplog):
     """A 2:1 panorama becomes four views of one place, facing the compass angle and every 90
     degrees from it; a re-run writes the same bytes. One too small to cut and one with a
-    broken XMP block are named and counted; `never` keeps a panorama whole."""
+    broken XMP block are named and counted; `never` keeps a panorama whole. A CSV's group
+    holds the views with the rest of that group."""
     from test_panorama import XMP
 
     folder = tmp_path / "photos"
@@ -356,6 +358,7 @@ def test_panoramas_are_cut_into_the_views_of_one_place(tmp_path, caplog):
     facing = {row.compass_angle: np.asarray(Image.open(run.image_dir / f"{row.image_id}.jpg"))
               for row in views.itertuples()}
     assert facing[350.0][64, 64, 0] > 200 > facing[350.0][64, 64, 2]   # ahead: red
+    assert facing[80.0][64, 64, 1] > 200 > facing[80.0][64, 64, 0]     # right: green
     assert facing[170.0][64, 64, 2] > 200 > facing[170.0][64, 64, 0]   # behind: blue
     again = make_run(tmp_path, out="again")
     fetch(tmp_path, folder, run=again)
@@ -369,5 +372,10 @@ def test_panoramas_are_cut_into_the_views_of_one_place(tmp_path, caplog):
                xmp=wide.encode())
     cut = fetch(tmp_path, folder, run=make_run(tmp_path, out="xmp"))
     assert cut["view_group"].notna().sum() == 4
-    whole = fetch(tmp_path, folder, run=make_run(tmp_path, out="whole"), panoramas="never")
+    whole = fetch(tmp_path, folder, run=make_run(tmp_path, out="whole", detect="never"))
     assert len(whole) == 2 and whole["view_group"].isna().all()
+    csv = folder / "photos.csv"
+    csv.write_text(f"image,lat,lon,group\npano.jpg,{BREST[0]},{BREST[1]},rig\n"
+                   f"flat.jpg,{BREST[0]},{BREST[1]},rig\n")
+    grouped = fetch(tmp_path, folder, csv=csv, run=make_run(tmp_path, out="grouped"))
+    assert len(grouped) == 5 and set(grouped["view_group"]) == {"local:rig"}

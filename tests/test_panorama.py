@@ -13,7 +13,7 @@ from geoloc.params import PanoramaParams
 
 
 def cutting(views: int = 4, fov: float = 90, pitch: float = 0, size: int = 512):
-    return PanoramaParams(views=views, fov=fov, pitch=pitch, size=size)
+    return PanoramaParams(detect="auto", views=views, fov=fov, pitch=pitch, size=size)
 
 
 COLOURS = {0: (255, 0, 0), 90: (0, 255, 0), 180: (0, 0, 255), 270: (255, 255, 0)}
@@ -105,11 +105,26 @@ def test_a_panorama_is_told_by_its_xmp_or_its_shape(size, xmp, detect, expected)
     assert is_panorama(saved(Image.new("RGB", size), xmp), detect) is expected
 
 
-def test_a_broken_xmp_block_is_named():
+def test_a_broken_xmp_block_is_named_or_left_to_the_shape():
     image = saved(Image.new("RGB", (400, 200)), "<x:xmpmeta><rdf:RDF>")
     with pytest.raises(PanoramaError, match="its XMP block does not parse"):
         projection(image)
+    with pytest.raises(PanoramaError):
+        is_panorama(image, "auto")
+    assert is_panorama(image, "auto", strict=False)
+    flat = saved(Image.new("RGB", (400, 300)), "<x:xmpmeta><rdf:RDF>")
+    assert not is_panorama(flat, "auto", strict=False)
     assert projection(saved(Image.new("RGB", (4, 2)), None)) is None
+
+
+def test_a_large_panorama_is_brought_down_to_the_views_resolution_first():
+    """Views of 128 px over 90 degrees need 512 px across the sphere: a 2048 px panorama is
+    resized before sampling, and its views match those of the same panorama drawn at 512."""
+    markers = {(0, 0): (255, 0, 0), (90, 0): (0, 255, 0)}
+    large = cut(equirectangular(markers, width=2048), cutting(size=128))
+    small = cut(equirectangular(markers, width=512), cutting(size=128))
+    assert all(a.shape == (128, 128, 3) for a in large)
+    assert all(np.abs(a.astype(int) - b).mean() < 6 for a, b in zip(large, small, strict=True))
 
 
 def test_headings_start_at_the_compass_angle():

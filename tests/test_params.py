@@ -72,6 +72,11 @@ def test_repo_params_load(default_params):
     ({"evaluate": {"auto": {"neighbours": []}}}, "evaluate.auto.neighbours: list at least one"),
     ({"evaluate": {"auto": {"within_top_cells": [0, 101]}}},
      "evaluate.auto.within_top_cells: 101 is not from 0 to 100"),
+    ({"evaluate": {"mode": "place"}, "export": {"retrieval_index": False}},
+     "evaluate.mode place needs export.retrieval_index true"),
+    ({"panoramas": {"detect": "sometimes"}},
+     "panoramas.detect: 'sometimes' is not one of auto, always, never"),
+    ({"panoramas": {"views": 0}}, "panoramas.views: 0 is below the minimum 1"),
 ])
 def test_bad_params_name_the_key(change, message):
     with pytest.raises(ParamsError) as info:

@@ -21,13 +21,14 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "batches": ["batch01", "batch02"],
-    "fetch": {"synthetic": {"sequences_per_city": 4, "frames_min": 4, "frames_max": 8,
-                            "image_size": 64}},
+    # A share of the drives taken with a 360 camera: the panorama path, end to end.
+    "fetch": {"synthetic": {"sequences_per_city": 5, "frames_min": 4, "frames_max": 8,
+                            "image_size": 64, "panorama_share": 0.25}},
     "index": {"min_images_per_cell": 3},
     "cache": {"sizes": [32]},
     "model": {"width": 4},
     "train": {"epochs": 2, "batch_size": 32},
-    "crossval": {"folds": 3},   # four drives per city, one of them may be in test
+    "crossval": {"folds": 3},   # five drives per city, one or two of them may be in test
 }
 REPRODUCIBLE_STAGES = ["fetch@batch01", "fetch@batch02", "index", "split", "resize_cache",
                        "features", "crossval", "train", "evaluate"]
@@ -101,7 +102,12 @@ def test_repro_writes_every_metric(repo):
         assert evaluation[f"{name}_ci_low"] <= evaluation[f"{name}_ci_high"]
     modes = json.loads((repo / "metrics/eval_modes.json").read_text())
     assert set(modes) == {"argmax", "topk", "topk_mean", "hierarchical", "sequence",
-                          "sequence_online", "retrieval"}
+                          "sequence_online", "retrieval", "place"}
+    # The world's 360 cameras: their frames' views are places of four views.
+    manifest = pd.concat(pd.read_parquet(path)
+                         for path in sorted(repo.glob("data/raw/*/manifest.parquet")))
+    assert (manifest.groupby("view_group").size() == 4).all()
+    assert 0 < manifest["view_group"].notna().mean() < 1
     assert 0 < evaluation["nearest_photo_median_km"] <= evaluation["nearest_photo_p90_km"]
     assert modes["argmax"]["median_km"] == evaluation["median_km"]
     cities = pd.read_csv(repo / "plots/eval/cities.csv")

@@ -417,38 +417,43 @@ def test_predicting_and_serving_do_not_load_the_training_stack():
 
 
 def test_a_panorama_is_cut_into_views_and_answered_as_a_place(retrieval_snapshot, tmp_path):
-    """A 360 panorama (2:1) sent alone: cut as the snapshot says (the fetch stage's
-    panoramas params), its views answered together, as `geoloc predict --place` answers those
-    views saved as files. Too small to cut: 400, saying so."""
-    import dataclasses
+    """A 360 panorama (2:1) sent alone is cut as the fetch stage cuts it (the local source's
+    views, written to files, answered by `geoloc predict --place` give the same answer); its
+    views are answered together, unless another mode is asked for. Too small to cut: 400,
+    saying so; a photo whose broken XMP block cannot say is left to its shape."""
+    from test_local_source import BREST, CITIES, make_run
+    from test_panorama import XMP, equirectangular
 
-    from test_panorama import equirectangular
+    from geoloc.params import LocalParams
+    from geoloc.sources import local
 
-    from geoloc.panorama import cut, jpeg
-    from geoloc.params import PanoramaParams
-
-    panorama = tmp_path / "pano.jpg"
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    panorama = folder / "pano.jpg"
     equirectangular({(0, 0): (255, 0, 0), (90, 10): (0, 255, 0)}, width=512).save(panorama)
-    spec = json.loads((retrieval_snapshot / "model.json").read_text())
-    cutting = PanoramaParams(**spec["retrieval"]["panoramas"])
-    assert dataclasses.asdict(cutting) == {"views": 4, "fov": 90, "pitch": 0, "size": 512}
-    views = []
-    for number, view in enumerate(cut(Image.open(panorama), cutting)):
-        views.append(tmp_path / f"view{number}.jpg")
-        views[-1].write_bytes(jpeg(view))
+    run = make_run(tmp_path)
+    csv = folder / "photos.csv"
+    csv.write_text(f"image,lat,lon\npano.jpg,{BREST[0]},{BREST[1]}\n")
+    fetched = local.fetch(CITIES, LocalParams(folder=str(folder), csv=str(csv)), run)
+    assert len(fetched) == 4
     by_views = subprocess.run(
         [sys.executable, "-m", "geoloc.cli", "predict", "--model", str(retrieval_snapshot),
-         "--place", "--json", *map(str, views)], cwd=ROOT, capture_output=True, text=True,
-        timeout=120)
+         "--place", "--json", *(str(run.out_dir / path) for path in fetched["path"])],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert by_views.returncode == 0, by_views.stderr
     expected_answer = json.loads(by_views.stdout)
-    small = io.BytesIO()
+    small, flat = io.BytesIO(), io.BytesIO()
     Image.new("RGB", (200, 100)).save(small, "JPEG")
+    Image.new("RGB", (160, 120)).save(flat, "JPEG", xmp=XMP.format(body="/>").encode()[:-20])
     with serving(create_app(retrieval_snapshot)) as url:
         answer = post(url, panorama.read_bytes()).json()
+        whole = post(url, panorama.read_bytes(), params={"mode": "argmax"}).json()
         too_small = post(url, small.getvalue())
+        broken_xmp = post(url, flat.getvalue())
     assert (answer["mode"], answer["views"]) == ("place", 4)
     assert (answer["lat"], answer["lon"]) == (expected_answer["lat"], expected_answer["lon"])
     assert answer["confidence"] == pytest.approx(expected_answer["confidence"], abs=1e-9)
+    assert (whole["mode"], whole["views"]) == ("argmax", 1)
     assert_refused(too_small, 400, "a 360 panorama that cannot be cut into views",
                    "200 x 100 px is too small")
+    assert broken_xmp.status_code == 200 and broken_xmp.json()["views"] == 1

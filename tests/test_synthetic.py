@@ -25,7 +25,7 @@ CITIES = pd.DataFrame({
 
 def small_cfg(**changes) -> SimpleNamespace:
     cfg = dict(seed=0, sequences_per_city=2, frames_min=4, frames_max=6, image_size=64,
-               jpeg_quality=90, workers=1)
+               jpeg_quality=90, panorama_share=0.0, workers=1)
     return SimpleNamespace(**{**cfg, **changes})
 
 
@@ -194,6 +194,10 @@ def test_bad_settings_and_duplicate_cities_are_refused(tmp_path):
         synthetic.fetch(CITIES, small_cfg(frames_min=7, frames_max=6), fetch_run(tmp_path, "b1"))
     with pytest.raises(ValueError, match="duplicate"):
         synthetic.fetch(pd.concat([CITIES, CITIES]), small_cfg(), fetch_run(tmp_path, "b1"))
+    with pytest.raises(ValueError, match=r"panorama_share: the world's panoramas, 128 x 64 px "
+                                         r"is too small .* raise fetch.synthetic.image_size"):
+        synthetic.fetch(CITIES, small_cfg(image_size=32, panorama_share=0.1),
+                        fetch_run(tmp_path, "b1"))
 
 
 @pytest.mark.parametrize(("lat", "lon", "region"), [
@@ -265,3 +269,63 @@ def test_most_drives_start_near_a_popular_spot(crowded):
     # within the spot's radius plus the snap onto a street (at most half a block, 75 m)
     share = np.mean(near <= synthetic.HOTSPOT_RADIUS_M + 80)
     assert 0.4 <= share <= 0.9
+
+
+def test_a_360_camera_writes_the_views_of_one_place_and_leaves_other_drives_alone(tmp_path):
+    """With panorama_share, some drives are taken with a 360 camera: each frame four views of
+    one place (64 px, as wide as the photos: a quarter of a panorama four times as wide),
+    facing the compass angle and every 90 degrees from it; the drives taken with ordinary
+    cameras are as they were."""
+    plain, mixed = tmp_path / "plain", tmp_path / "mixed"
+    before = synthetic.fetch(CITIES, small_cfg(sequences_per_city=4), fetch_run(plain, "b1"))
+    after = synthetic.fetch(CITIES, small_cfg(sequences_per_city=4, panorama_share=0.5),
+                            fetch_run(mixed, "b1"))
+    views = after[after["view_group"].notna()]
+    kept = after[after["view_group"].isna()].reset_index(drop=True)
+    assert len(views) and len(kept)
+    assert set(kept["image_id"]) <= set(before["image_id"])
+    pd.testing.assert_frame_equal(kept, before[before["image_id"].isin(kept["image_id"])]
+                                  .reset_index(drop=True))
+    assert files_of(mixed, kept) == files_of(plain, before[before["image_id"].isin(
+        kept["image_id"])])
+    for group, rows in views.groupby("view_group"):
+        assert len(rows) == 4 and rows["captured_at"].nunique() == 1, group
+        assert rows[["lat", "lon", "sequence_id"]].nunique().max() == 1
+        turns = np.sort((rows["compass_angle"] - rows["compass_angle"].iloc[0]) % 360)
+        assert np.allclose(turns, [0, 90, 180, 270])
+    assert (views[["width", "height"]] == 64).all().all()
+    for path in views["path"]:
+        with Image.open(mixed / path) as image:
+            assert image.size == (64, 64)
+
+
+def test_each_view_of_a_360_frame_is_the_street_it_faces():
+    """Cut from the world's panorama, view i faces i x 90 degrees to the right: it must look
+    like the corridor of the street direction there (d - i: directions turn left as d grows)
+    rendered by a pinhole camera, and less like the others."""
+    from dataclasses import replace
+
+    from geoloc.panorama import cut
+    from geoloc.params import PanoramaParams
+
+    city = synthetic._make_city(synthetic._Place("Brest", 48.3904, -4.4861, 4.0), 0)
+    rng, noise_rng = city.rng(synthetic.RNG_SEQUENCE, 0), city.rng(synthetic.RNG_NOISE, 0)
+    (g, d), *_ = synthetic._drive(city, rng, 2)
+    cam = replace(synthetic._camera(city, rng, noise_rng, 12.0, 512, 256), bonnet=None,
+                  blur_px=0.0, yaw=0.0, roll=0.0, horizon_px=0.0)
+    shot = synthetic._Shot(g=g, d=d, shift_px=(0.0, 0.0), roll=0.0, gain=1.0)
+    panorama = Image.fromarray(synthetic._render_panorama(city, cam, shot, 512, noise_rng))
+    views = cut(panorama, PanoramaParams(detect="auto", views=4, fov=90, pitch=0, size=128))
+    # The pinhole of a 90-degree view: ray slopes x / f and y / f, f = 64 px.
+    centres = (np.arange(128, dtype=np.float32) + np.float32(0.5 - 64)) / np.float32(64)
+    dx = np.ascontiguousarray(np.broadcast_to(centres[None, :], (128, 128)))
+    dy = np.ascontiguousarray(np.broadcast_to(-centres[:, None], (128, 128)))
+    corridors = []
+    for direction in range(4):
+        street = synthetic._street(city, g, direction)
+        lane = min(cam.lane, street.road_half - 0.8)
+        colour = synthetic._scene(city, cam, street, lane, city.heading(direction), dx, dy)
+        corridors.append(np.clip(colour.transpose(1, 2, 0) * 255, 0, 255))
+    for turn, view in enumerate(views):
+        distance = [np.abs(view.astype(np.float32) - corridor).mean() for corridor in corridors]
+        assert int(np.argmin(distance)) == (d - turn) % 4, (turn, distance)

@@ -6,8 +6,8 @@ ignored), from that CSV. A photo joins the nearest city of the batch whose radiu
 Photos without a position, files that do not decode, CSV rows naming no file and photos outside
 every city of the batch are skipped, counted and named in one line per reason.
 
-A 360 panorama (fetch.local.panoramas: by its XMP, or its 2:1 shape) is cut into the views of
-one place (geoloc.panorama), each view a photo of the batch; one too small to cut, or whose XMP
+A 360 panorama (params `panoramas.detect`: by its XMP, or its 2:1 shape) is cut into the views
+of one place (geoloc.panorama), each view a photo of the batch; one too small to cut, or whose XMP
 block does not parse, is skipped and counted like the others.
 
 The files are copied into the batch under a content id, so the same photo is the same image
@@ -38,7 +38,7 @@ from geoloc.data.manifest import SCHEMA, conform
 from geoloc.errors import GeolocError
 from geoloc.exif import capture_time, compass, gps_position, ms, text
 from geoloc.io import atomic_path
-from geoloc.panorama import PanoramaError, cut, headings, is_panorama, jpeg, view_size
+from geoloc.panorama import PanoramaError, is_panorama, view_size, views_of
 from geoloc.params import LocalParams, PanoramaParams
 from geoloc.sources.run import FetchRun
 
@@ -59,7 +59,7 @@ SKIP_REASONS = {
                       "may belong to another batch)",
     "panorama_too_small": "are 360 panoramas too small to cut into views (panoramas)",
     "broken_xmp": "have an XMP block that does not parse, so whether they are panoramas is "
-                  "unknown (set fetch.local.panoramas to always or never to decide)",
+                  "unknown (set panoramas.detect to always or never to decide)",
 }
 
 
@@ -112,7 +112,7 @@ def fetch(cities: pd.DataFrame, cfg: LocalParams, run: FetchRun) -> pd.DataFrame
     folder = _folder(cfg.folder)
     skipped: dict[str, list[str]] = collections.defaultdict(list)
     listed = _read_csv(Path(cfg.csv), folder, skipped) if cfg.csv else {}
-    photos = _read_photos(folder, listed, skipped, cfg.panoramas, run.panoramas)
+    photos = _read_photos(folder, listed, skipped, run.panoramas)
     cities_of = nearest_cities([p.lat for p in photos], [p.lon for p in photos], cities)
     rows = []
     for photo, city in zip(photos, cities_of, strict=True):
@@ -146,13 +146,13 @@ def _jpegs(folder: Path) -> list[Path]:
 
 
 def _read_photos(folder: Path, listed: dict[str, _Listed], skipped: dict[str, list[str]],
-                 detect: str, cutting: PanoramaParams) -> list[_Photo]:
+                 cutting: PanoramaParams) -> list[_Photo]:
     """The importable photos, each content once (the first path in sorted order wins)."""
     photos, seen = [], set()
     for path in _jpegs(folder):
         rel = path.relative_to(folder).as_posix()
         try:
-            photo = _read_photo(path, folder, listed.get(rel, NOT_LISTED), detect, cutting)
+            photo = _read_photo(path, folder, listed.get(rel, NOT_LISTED), cutting)
         except _Skip as skip:
             skipped[skip.kind].append(rel)
             continue
@@ -164,10 +164,9 @@ def _read_photos(folder: Path, listed: dict[str, _Listed], skipped: dict[str, li
     return photos
 
 
-def _read_photo(path: Path, folder: Path, listed: _Listed, detect: str,
-                cutting: PanoramaParams) -> _Photo:
+def _read_photo(path: Path, folder: Path, listed: _Listed, cutting: PanoramaParams) -> _Photo:
     data = path.read_bytes()
-    exif, gps, details, (width, height), panorama = _decode(data, detect)
+    exif, gps, details, (width, height), panorama = _decode(data, cutting.detect)
     position = (listed.lat, listed.lon) if listed.lat is not None else gps_position(gps)
     if position is None:
         raise _Skip("no_position")
@@ -200,7 +199,7 @@ def _read_photo(path: Path, folder: Path, listed: _Listed, detect: str,
 
 def _decode(data: bytes, detect: str) -> tuple[Image.Exif, dict, dict, tuple[int, int], bool]:
     """The EXIF tags (main, GPS and Exif folders), stored pixel size and whether it is a
-    panorama (`detect`: fetch.local.panoramas) of a JPEG, after checking that all of it
+    panorama (`detect`: panoramas.detect) of a JPEG, after checking that all of it
     decodes."""
     try:
         with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:
@@ -220,22 +219,21 @@ def _decode(data: bytes, detect: str) -> tuple[Image.Exif, dict, dict, tuple[int
 
 def _place_views(photo: _Photo, city: str, run: FetchRun) -> list[dict]:
     """Cut a panorama into its views, write each into the batch, and return their rows: one
-    view group, each view facing its own compass heading. A view's id comes from the
-    panorama's content id and its number (two views may look alike: an empty sky)."""
+    view group (the CSV's `group`, if it gives one, else the panorama's own), each view
+    facing its own compass heading. A view's id comes from the panorama's content id and its
+    number (two views may look alike: an empty sky)."""
     with Image.open(photo.path) as image:
-        views = cut(image, run.panoramas)
+        views = views_of(image, photo.compass_angle, run.panoramas)
+    group = photo.view_group or f"local:panorama:{photo.image_id}"
     rows = []
-    turns = headings(photo.compass_angle, run.panoramas)
-    for number, (view, heading) in enumerate(zip(views, turns, strict=True)):
-        data = jpeg(view)
+    for number, view in enumerate(views):
         image_id = hashlib.sha256(f"{photo.image_id}:{number}".encode()).hexdigest()[:16]
-        run.budget.reserve(len(data))
+        run.budget.reserve(len(view.data))
         with atomic_path(run.image_dir / f"{image_id}.jpg") as tmp:
-            tmp.write_bytes(data)
+            tmp.write_bytes(view.data)
         rows.append(_row(dataclasses.replace(
-            photo, image_id=image_id, compass_angle=heading, width=view.shape[1],
-            height=view.shape[0], view_group=f"local:panorama:{photo.image_id}"),
-            city, run.batch))
+            photo, image_id=image_id, compass_angle=view.heading, width=view.size,
+            height=view.size, view_group=group), city, run.batch))
     return rows
 
 

@@ -51,7 +51,7 @@ from geoloc.data.manifest import SCHEMA, conform
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km
 from geoloc.io import atomic_path
-from geoloc.panorama import PanoramaError, cut, headings, jpeg
+from geoloc.panorama import PanoramaError, views_of
 from geoloc.params import MapillaryParams
 from geoloc.sources.run import FetchRun
 from geoloc.sources.vector_tile import decode_points, tiles_over
@@ -569,17 +569,15 @@ def _write_views(stored: Path, row: dict, run: FetchRun) -> list[dict]:
     """Cut a stored panorama into its views, write them into the batch, and return each
     view's id, compass heading and size."""
     with Image.open(stored) as image:
-        views = cut(image, run.panoramas)
-    turns = headings(row.get("compass_angle"), run.panoramas)
+        views = views_of(image, row.get("compass_angle"), run.panoramas)
     described = []
-    for number, (view, heading) in enumerate(zip(views, turns, strict=True)):
+    for number, view in enumerate(views):
         image_id = f"{row['id']}-{number}"
-        data = jpeg(view)
-        run.budget.reserve(len(data))
+        run.budget.reserve(len(view.data))
         with atomic_path(run.image_dir / f"{image_id}.jpg") as tmp:
-            tmp.write_bytes(data)
-        described.append({"id": image_id, "compass_angle": heading, "width": view.shape[1],
-                          "height": view.shape[0]})
+            tmp.write_bytes(view.data)
+        described.append({"id": image_id, "compass_angle": view.heading, "width": view.size,
+                          "height": view.size})
     return described
 
 

@@ -30,6 +30,10 @@ Generative model
   a sequence share this signature: a split that leaks sequences shows inflated scores.
 * Rendering: per-pixel ray casting of the street "corridor" (two facade planes and the
   ground) in numpy, then trees and signs drawn with PIL, then the camera effects.
+* 360 cameras.  A share of the drives (`panorama_share`) is taken with a 360 camera: each
+  frame an equirectangular panorama, every column cast in the corridor of the street
+  direction nearest its heading (no trees or signs), then cut into the views of one place as
+  every source cuts panoramas (geoloc.panorama, params `panoramas`).
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from geoloc.data.manifest import SCHEMA, conform
 from geoloc.io import atomic_path
+from geoloc.panorama import PanoramaError, view_size, views_of
+from geoloc.params import PanoramaParams
 from geoloc.sources.run import FetchRun
 
 log = logging.getLogger(__name__)
@@ -87,7 +93,7 @@ WAVELENGTH_M = (300.0, 1500.0)
 # Hash tags: keep the hashed streams of plots, streets, trees and signs apart.
 TAG_STREET, TAG_PLOT, TAG_TREE = 1, 2, 3
 # Tags of the numpy generators derived per city.
-RNG_CITY, RNG_SEQUENCE, RNG_NOISE = 0, 1, 2
+RNG_CITY, RNG_SEQUENCE, RNG_NOISE, RNG_CAMERA_KIND = 0, 1, 2, 3
 
 DIRS = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])  # +u, +v, -u, -v
 
@@ -179,13 +185,21 @@ def fetch(cities: pd.DataFrame, cfg, run: FetchRun) -> pd.DataFrame:
     generators of its own, so the bytes do not depend on the number of processes, and a world
     with more sequences per city holds the smaller one's drives unchanged."""
     settings = _settings(cfg)
+    if settings["panorama_share"] > 0:
+        try:   # the world's panoramas are four photos wide
+            view_size(4 * settings["image_size"], 2 * settings["image_size"], run.panoramas)
+        except PanoramaError as exc:
+            raise PanoramaError(f"fetch.synthetic.panorama_share: the world's panoramas, "
+                                f"{exc}: raise fetch.synthetic.image_size or panoramas.fov"
+                                ) from None
     if cities["city"].duplicated().any():
         raise ValueError(f"duplicate city names in batch {run.batch}: ids would collide")
     run.image_dir.mkdir(parents=True, exist_ok=True)
     places = [_Place(str(row.city), float(row.lat), float(row.lon), float(row.radius_km))
               for row in cities.itertuples(index=False)]
     drives = [(place, s) for place in places for s in range(settings["sequences_per_city"])]
-    render = partial(_render_drive, settings=settings, batch=run.batch, image_dir=run.image_dir)
+    render = partial(_render_drive, settings=settings, batch=run.batch, image_dir=run.image_dir,
+                     cutting=run.panoramas)
     workers = min(cfg.workers or len(os.sched_getaffinity(0)), max(len(drives), 1))
     rows = []
     with contextlib.ExitStack() as stack:
@@ -213,6 +227,7 @@ def _settings(cfg) -> dict:
     keys = ("seed", "sequences_per_city", "frames_min", "frames_max", "image_size",
             "jpeg_quality")
     settings = {key: int(getattr(cfg, key)) for key in keys}
+    settings["panorama_share"] = float(cfg.panorama_share)
     if not 1 <= settings["frames_min"] <= settings["frames_max"]:
         raise ValueError(f"need 1 <= frames_min <= frames_max, got {settings}")
     return settings
@@ -995,10 +1010,14 @@ def _city_of(place: _Place, seed: int) -> _City:
 
 
 def _render_drive(drive: tuple[_Place, int], settings: dict, batch: str,
-                  image_dir: Path) -> list[dict]:
+                  image_dir: Path, cutting: PanoramaParams) -> list[dict]:
     """Render drive s of a city: its JPEGs, and its manifest rows in frame order."""
     place, s = drive
     city = _city_of(place, settings["seed"])
+    # Drawn from a stream of its own: turning 360 cameras on leaves the other drives as
+    # they were.
+    if city.rng(RNG_CAMERA_KIND, s).random() < settings["panorama_share"]:
+        return _render_panorama_drive(city, s, settings, batch, image_dir, cutting)
     width = settings["image_size"]
     height = round(width * 3 / 4)
     rng = city.rng(RNG_SEQUENCE, s)
@@ -1034,6 +1053,72 @@ def _render_drive(drive: tuple[_Place, int], settings: dict, batch: str,
             "width": width, "height": height,
         })
     return rows
+
+
+def _render_panorama_drive(city: _City, s: int, settings: dict, batch: str, image_dir: Path,
+                           cutting: PanoramaParams) -> list[dict]:
+    """Drive s of a city taken with a 360 camera: each frame's panorama (four times the
+    photos' width, so that views of 90 degrees are as sharp as they are) cut into views,
+    their JPEGs and manifest rows, one view group per frame."""
+    width = 4 * settings["image_size"]
+    rng, noise_rng = city.rng(RNG_SEQUENCE, s), city.rng(RNG_NOISE, s)
+    n = int(rng.integers(settings["frames_min"], settings["frames_max"] + 1))
+    path = _drive(city, rng, n)
+    enu = city.to_enu(np.array([g for g, _ in path]))
+    times, hour = _capture_times(rng, np.hypot(*np.diff(enu, axis=0).T))
+    creator = city.creators[int(rng.integers(len(city.creators)))]
+    cam = dataclasses.replace(_camera(city, rng, noise_rng, hour, width, width // 2),
+                              bonnet=None, yaw=0.0, roll=0.0, horizon_px=0.0)
+    lat, lon = city.to_latlon(enu + rng.uniform(-GPS_NOISE_M, GPS_NOISE_M, size=enu.shape))
+    sequence = _sequence_id(city, s)
+    rows = []
+    for f, (g, d) in enumerate(path):
+        shot = _Shot(g=g, d=d, shift_px=(0.0, 0.0), roll=0.0, gain=1.0)
+        panorama = Image.fromarray(_render_panorama(city, cam, shot, width, noise_rng))
+        compass = (city.heading(d) + rng.normal(0, 2.0)) % 360.0
+        frame = _image_id(city, s, f)
+        for v, view in enumerate(views_of(panorama, compass, cutting)):
+            image_id = f"{frame}-{v}"
+            with atomic_path(image_dir / f"{image_id}.jpg") as tmp:
+                tmp.write_bytes(view.data)
+            rows.append({
+                "image_id": image_id, "lat": float(lat[f]), "lon": float(lon[f]),
+                "captured_at": int(times[f]), "sequence_id": sequence,
+                "compass_angle": float(view.heading), "creator": creator, "source": SOURCE,
+                "city": city.name, "batch": batch, "path": f"images/{image_id}.jpg",
+                "width": view.size, "height": view.size, "view_group": f"{SOURCE}:{frame}",
+            })
+    return rows
+
+
+def _render_panorama(city: _City, cam: _Camera, shot: _Shot, width: int,
+                     noise_rng: np.random.Generator) -> np.ndarray:
+    """An equirectangular panorama (width x width / 2, H x W x 3 uint8) taken at shot.g, its
+    centre column facing street direction shot.d: each column is cast in the corridor of the
+    street direction nearest its heading (the corridors meet at 45 degrees), each row at its
+    elevation (the poles, which no corridor reaches, clamped to 80 degrees)."""
+    height = width // 2
+    heading = (np.arange(width, dtype=np.float32) + np.float32(0.5)) / np.float32(width)
+    heading = (heading - np.float32(0.5)) * np.float32(2 * math.pi)   # clockwise, from d
+    elevation = np.float32(math.pi / 2) - ((np.arange(height, dtype=np.float32)
+                                           + np.float32(0.5)) / np.float32(height)
+                                          * np.float32(math.pi))
+    elevation = np.clip(elevation, np.float32(-1.4), np.float32(1.4))
+    colour = np.empty((3, height, width), dtype=np.float32)
+    turn = np.rint(heading / np.float32(math.pi / 2)).astype(np.int64) % 4
+    for quarter in range(4):
+        columns = np.flatnonzero(turn == quarter)
+        off = heading[columns] - np.float32(quarter * math.pi / 2)
+        off = (off + np.float32(math.pi)) % np.float32(2 * math.pi) - np.float32(math.pi)
+        dx = np.broadcast_to(np.tan(off)[None, :], (height, len(columns)))
+        dy = np.tan(elevation)[:, None] / np.cos(off)[None, :]
+        d = (shot.d - quarter) % 4   # the next direction to the right is d - 1
+        st = _street(city, shot.g, d)
+        lane = min(cam.lane, st.road_half - 0.8)
+        colour[:, :, columns] = _scene(city, cam, st, lane, city.heading(d),
+                                       np.ascontiguousarray(dx), dy.astype(np.float32))
+    return _camera_effects(Image.fromarray(_interleaved(_to_uint8(colour))), cam, shot,
+                           noise_rng)
 
 
 # ------------------------------------------------------------------ panoramas of one place
