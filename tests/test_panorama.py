@@ -130,3 +130,26 @@ def test_a_large_panorama_is_brought_down_to_the_views_resolution_first():
 def test_headings_start_at_the_compass_angle():
     assert headings(350.0, cutting(views=4)) == [350.0, 80.0, 170.0, 260.0]
     assert headings(None, cutting(views=3)) == [None, None, None]
+
+
+def test_each_pixel_samples_the_panoramas_column_and_row_its_ray_points_at():
+    """A panorama whose red channel is twice its column (modulo 256) and green twice its row
+    (ramps that bilinear sampling reproduces exactly, away from the wrap): each view pixel
+    holds the column and row its ray points at, to the half pixel (the pixel centres on both
+    sides)."""
+    width, height, size = 256, 128, 64
+    columns, rows = np.meshgrid(np.arange(width), np.arange(height))
+    pixels = np.stack([(2 * columns) % 256, 2 * rows, np.zeros_like(rows)],
+                      axis=-1).astype(np.uint8)
+    view = cut(Image.fromarray(pixels), cutting(views=4, fov=90, size=size))[0]
+    focal = size / 2   # 90 degrees across
+    u = np.arange(size) + 0.5 - size / 2
+    lon = np.arctan2(u[None, :], focal)
+    lat = np.arctan2(-u[:, None], np.hypot(u[None, :], focal))
+    column = (lon / (2 * np.pi) + 0.5) * width - 0.5
+    row = (0.5 - lat / np.pi) * height - 0.5
+    # View 0 sees columns 96 to 160: twice those wrap at 256, so compare modulo 256.
+    red = (view[..., 0] - np.rint(2 * column)) % 256
+    assert np.minimum(red, 256 - red).max() <= 1
+    assert np.abs(view[..., 1] - np.rint(2 * row)).max() <= 1
+    assert np.mean(red == 0) > 0.9
