@@ -1,5 +1,6 @@
 """End to end: the real `dvc repro` in a temporary git repo holding a copy of the project."""
 
+import atexit
 import json
 import math
 import os
@@ -7,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +24,13 @@ pytestmark = pytest.mark.slow
 TINY = {
     "batches": ["batch01", "batch02"],
     # A share of the drives taken with a 360 camera: the panorama path, end to end.
-    "fetch": {"synthetic": {"sequences_per_city": 5, "frames_min": 4, "frames_max": 8,
-                            "image_size": 64, "panorama_share": 0.25}},
+    "fetch": {"synthetic": {"sequences_per_city": 4, "frames_min": 4, "frames_max": 8,
+                            "image_size": 64, "panorama_share": 0.1}},
     "index": {"min_images_per_cell": 3},
     "cache": {"sizes": [32]},
     "model": {"width": 4},
     "train": {"epochs": 2, "batch_size": 32},
-    "crossval": {"folds": 3},   # five drives per city, one or two of them may be in test
+    "crossval": {"folds": 3},   # four drives per city, one of them may be in test
 }
 REPRODUCIBLE_STAGES = ["fetch@batch01", "fetch@batch02", "index", "split", "resize_cache",
                        "features", "crossval", "train", "evaluate"]
@@ -64,15 +66,23 @@ def out_hashes(repo: Path, stages: list[str]) -> dict:
 
 
 def tiny_project(dest: Path) -> Path:
-    """A copy of the project in its own git repo, with TINY params, after `dvc repro`."""
-    repo = copy_project(dest)
-    (repo / "dvc.lock").unlink(missing_ok=True)
-    write_params(repo, **TINY)
-    run(["git", "init", "-q"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "copy"], repo)
-    run(["dvc", "repro"], repo)
-    return repo
+    """A copy of the project in its own git repo, with TINY params, after `dvc repro`. The
+    repro runs once per session, in a folder of its own that no test changes; each caller
+    gets a copy of it (git history, DVC cache and outputs), as `workspace` copies one."""
+    if not _TEMPLATE:
+        template = copy_project(Path(tempfile.mkdtemp(prefix="geoloc-tiny-")) / "project")
+        atexit.register(shutil.rmtree, template.parent, ignore_errors=True)
+        (template / "dvc.lock").unlink(missing_ok=True)
+        write_params(template, **TINY)
+        run(["git", "init", "-q"], template)
+        run(["git", "add", "-A"], template)
+        run(["git", "commit", "-q", "-m", "copy"], template)
+        run(["dvc", "repro"], template)
+        _TEMPLATE.append(template)
+    return shutil.copytree(_TEMPLATE[0], dest, symlinks=True, dirs_exist_ok=True)
+
+
+_TEMPLATE: list[Path] = []   # the one tiny project built this session
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def changed_metrics(repo: Path, path: str) -> set[str]:
 
 
 def test_repro_exp_run_metrics_diff_and_push(tmp_path):
-    repo = tiny_project(tmp_path / "project")        # `dvc repro`
+    repo = tiny_project(tmp_path / "project")   # after `dvc repro` (run once a session)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "the default run"], repo)
     baseline = md5(repo / "models/model.pt")
