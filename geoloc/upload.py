@@ -33,14 +33,10 @@ class Form:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may hold: each file's bytes, the files, and all its bytes."""
+    """What one request may hold: each file's bytes, the files, and all their bytes."""
     file_bytes: int
-    files: int = 1
-    total_bytes: int | None = None   # None: file_bytes
-
-    @property
-    def body_bytes(self) -> int:
-        return self.total_bytes or self.file_bytes
+    files: int
+    total_bytes: int
 
 
 def check_declared_length(headers, limits: Limits) -> None:
@@ -51,7 +47,7 @@ def check_declared_length(headers, limits: Limits) -> None:
         return
     if not declared.isdigit():
         raise UploadError(400, f"invalid Content-Length header: {declared!r}")
-    if int(declared) > limits.body_bytes + FORM_OVERHEAD:
+    if int(declared) > limits.total_bytes + FORM_OVERHEAD:
         raise UploadError(413, _request_too_large(limits))
 
 
@@ -66,7 +62,7 @@ async def read_form(content_type: str | None, chunks: AsyncIterator[bytes],
     received = 0
     async for chunk in chunks:
         received += len(chunk)
-        if received > limits.body_bytes + FORM_OVERHEAD:
+        if received > limits.total_bytes + FORM_OVERHEAD:
             raise UploadError(413, _request_too_large(limits))
         try:
             parser.write(chunk)
@@ -83,8 +79,6 @@ def _too_large(max_file_bytes: int) -> str:
 
 
 def _request_too_large(limits: Limits) -> str:
-    if limits.total_bytes is None:
-        return _too_large(limits.file_bytes)
     return (f"upload too large: the limit is {limits.total_bytes / 1e6:g} MB "
             f"({limits.total_bytes} bytes) per request, and "
             f"{limits.file_bytes / 1e6:g} MB per photo")
@@ -136,7 +130,7 @@ class _Collector:
         self.data += data[start:end]
         if self.is_file:
             self.file_bytes += end - start
-            if self.file_bytes > self.limits.body_bytes:
+            if self.file_bytes > self.limits.total_bytes:
                 raise UploadError(413, _request_too_large(self.limits))
         if len(self.data) > self.limit:
             if self.is_file:
