@@ -117,20 +117,23 @@ class Predictor:
         answer = self.predict(views, top_k, "place")[0]
         return replace(answer, views=len(views), note=spread_note(photos))
 
-    def is_panorama(self, photo: Photo) -> bool:
-        """Whether this snapshot cuts the photo into views: a 360 panorama as the training
-        photos were told (panoramas.detect: by its XMP, or its 2:1 shape), to a snapshot that
-        serves the place mode. A broken XMP block leaves the shape to decide."""
+    def is_panorama(self, photo: Photo | Image.Image) -> bool:
+        """Whether this snapshot cuts the photo (or an image already open) into views: a 360
+        panorama as the training photos were told (panoramas.detect: by its XMP, or its 2:1
+        shape), to a snapshot that serves the place mode. A broken XMP block leaves the shape
+        to decide."""
         if self.panoramas is None:
             return False
+        if isinstance(photo, Image.Image):
+            return is_panorama(photo, self.panoramas.detect, strict=False)
         with _open(photo) as image:
-            return is_panorama(image, self.panoramas.detect, strict=False)
+            return self.is_panorama(image)
 
     def _views(self, photo: Photo) -> list[Photo]:
         """The photo, or a panorama's views as the fetch stage writes them (JPEG bytes)."""
-        if not self.is_panorama(photo):
-            return [photo]
         with _open(photo) as image:
+            if not self.is_panorama(image):
+                return [photo]
             return [view.data for view in views_of(image, None, self.panoramas)]
 
     def outputs(self, photos: list[Photo], rows: pd.DataFrame | None = None,

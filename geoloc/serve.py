@@ -186,16 +186,17 @@ def locate(predictor: Predictor, images: list[bytes], top_k: int, max_pixels: in
            mode: str | None = None) -> Prediction:
     """Decode and predict one photo, or the views of one place together (in a worker thread);
     a bad photo raises HTTPException naming it (the first is photo 1)."""
+    panoramas = []
     for number, data in enumerate(images, start=1):
         try:
-            check_image(data, max_pixels)
+            panoramas.append(check_image(data, max_pixels, predictor))
         except HTTPException as exc:
             if len(images) > 1:
                 exc.detail = f"photo {number} of {len(images)}: {exc.detail}"
             raise
     try:
         # A panorama's views are answered together, unless another mode is asked for.
-        if len(images) > 1 or (mode in (None, "place") and predictor.is_panorama(images[0])):
+        if len(images) > 1 or (mode in (None, "place") and panoramas[0]):
             return predictor.predict_place(images, top_k)
         (prediction,) = predictor.predict(images, top_k, mode)
     except PanoramaError as exc:
@@ -205,8 +206,9 @@ def locate(predictor: Predictor, images: list[bytes], top_k: int, max_pixels: in
     return prediction
 
 
-def check_image(data: bytes, max_pixels: int) -> None:
-    """Refuse what is not a photo this server reads, from its header alone."""
+def check_image(data: bytes, max_pixels: int, predictor: Predictor) -> bool:
+    """Refuse what is not a photo this server reads, from its header alone; whether the
+    predictor cuts it into views (a panorama), read from the same header."""
     if not data:
         raise HTTPException(400, "the file in 'image' is empty")
     try:
@@ -223,9 +225,11 @@ def check_image(data: bytes, max_pixels: int) -> None:
     with image:
         # The header gives the size: refuse a decompression bomb before decoding any pixel.
         width, height = image.size
+        panorama = predictor.is_panorama(image)
     if width * height > max_pixels:
         raise HTTPException(413, f"image too large to decode: {width} x {height} = "
                                  f"{width * height} pixels, the limit is {max_pixels}")
+    return panorama
 
 
 def answer(prediction: Prediction, boundaries: dict[str, list]) -> dict:
