@@ -75,6 +75,10 @@ def fetch_run(out_dir: Path, batch: str = "batch01", store_dir: Path | None = No
                     panoramas=load_params(ROOT / "params.yaml").panoramas)
 
 
+# The tiny snapshot's calibration, as the evaluate stage would have fitted it: neither is 1, so
+# a served answer that skips a division by either differs from what the tests expect.
+SNAPSHOT_TEMPERATURE, SNAPSHOT_SEQUENCE_TEMPERATURE = 1.5, 3.0
+
 # Real H3 cells (resolution 5) around six cities: the tiny snapshot's classes.
 SNAPSHOT_CITIES = [(48.8566, 2.3522), (43.2965, 5.3698), (45.7640, 4.8357), (43.6047, 1.4442),
                    (47.2184, -1.5536), (50.6292, 3.0573)]
@@ -97,11 +101,13 @@ def snapshot_cells():
 @pytest.fixture(scope="session")
 def tiny_snapshot(tmp_path_factory) -> Path:
     """A real exported snapshot (model.onnx, cells.json, model.json) of an untrained tiny CNN,
-    written by the export code the pipeline uses."""
+    written by the export code the pipeline uses, calibrated with SNAPSHOT_TEMPERATURE and
+    SNAPSHOT_SEQUENCE_TEMPERATURE."""
     import numpy as np
     import torch
 
     from geoloc.export import export_model
+    from geoloc.inference import Recipe
     from geoloc.models import build_model
 
     cells = snapshot_cells()
@@ -109,7 +115,10 @@ def tiny_snapshot(tmp_path_factory) -> Path:
     model = build_model(tiny_params(model={"width": 4}).model, len(cells))
     check = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     out = tmp_path_factory.mktemp("snapshot")
-    export_model(model, cells, 32, check, out, load_params(ROOT / "params.yaml").export.opset)
+    recipe = Recipe(cells, top_k=5, temperature=SNAPSHOT_TEMPERATURE,
+                    sequence_temperature=SNAPSHOT_SEQUENCE_TEMPERATURE)
+    export_model(model, cells, 32, check, out, load_params(ROOT / "params.yaml").export.opset,
+                 {"recipe": recipe.settings()})
     return out
 
 
@@ -158,3 +167,49 @@ def retrieval_snapshot(tiny_snapshot, tmp_path_factory) -> Path:
     spec["recipe"].update(neighbours=1, within_top_cells=0)
     (out / SPEC_NAME).write_text(json.dumps(spec))
     return out
+
+
+@pytest.fixture(scope="session")
+def wide_retrieval_snapshot(retrieval_snapshot, tmp_path_factory) -> Path:
+    """The retrieval snapshot as evaluated with retrieval_k3_top2: the medoid of the 3 nearest
+    training photos, among those of the 2 likeliest cells."""
+    import json
+
+    from geoloc.predictor import SPEC_NAME
+
+    out = tmp_path_factory.mktemp("wide_retrieval_snapshot")
+    shutil.copytree(retrieval_snapshot, out, dirs_exist_ok=True)
+    spec = json.loads((out / SPEC_NAME).read_text())
+    spec["recipe"].update(neighbours=3, within_top_cells=2)
+    (out / SPEC_NAME).write_text(json.dumps(spec))
+    return out
+
+
+def expected_retrieval(snapshot: Path, photos: list, neighbours: int, within_top_cells: int):
+    """(lat, lon) per photo as retrieval defines it, computed here by brute force: the training
+    photos of the `within_top_cells` likeliest cells that hold any (0: all), the `neighbours`
+    most cosine-similar of them, and the one whose distance to the others, each weighed by its
+    similarity, is least. Only the model's outputs come from the code under test."""
+    import numpy as np
+
+    from geoloc.geo import haversine_km
+    from geoloc.predictor import RETRIEVAL_INDEX, Predictor
+    from geoloc.retrieval import RetrievalIndex
+
+    outputs = Predictor(snapshot).outputs(photos, features=True)
+    index = RetrievalIndex.load(snapshot / RETRIEVAL_INDEX)
+    vectors = index.vectors.astype(np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    answers = []
+    for logits, query in zip(outputs.logits, index.project(outputs.features), strict=True):
+        held = np.unique(index.label)
+        cells = held[np.argsort(-logits[held], kind="stable")][:within_top_cells or None]
+        candidates = np.flatnonzero(np.isin(index.label, cells))
+        similarity = vectors[candidates] @ query
+        order = np.argsort(-similarity, kind="stable")[:neighbours]
+        found, weights = candidates[order], np.clip(similarity[order], 0, None) + 1e-6
+        km = haversine_km(index.lat[found][:, None], index.lon[found][:, None],
+                          index.lat[found][None, :], index.lon[found][None, :])
+        best = found[(km * weights[None, :]).sum(axis=1).argmin()]
+        answers.append((index.lat[best], index.lon[best]))
+    return answers

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, noisy_photo
+from conftest import ROOT, SNAPSHOT_SEQUENCE_TEMPERATURE, expected_retrieval, noisy_photo
 from PIL import Image
 from PIL.ExifTags import IFD, Base
 
@@ -52,7 +52,8 @@ def test_columns_stay_aligned_for_long_paths(tiny_snapshot, tmp_path):
 
 def test_a_sequence_counts_the_views_of_one_place_once(tiny_snapshot, tmp_path):
     """Three panoramas of four faces: each panorama's faces share a capture time. The answer
-    is the predictor's places-first evidence, not the plain sum of twelve frames."""
+    is the predictor's places-first evidence over the snapshot's sequence temperature, not the
+    plain sum of twelve frames."""
     faces = [write_photo(tmp_path / f"pano{p}_{f}.jpg", 10 * p + f, f"2024:05:01 12:0{p}:00")
              for p in range(3) for f in range(4)]
     result = predict(tiny_snapshot, *faces, "--sequence", "--json", "--top-k", "6")
@@ -63,11 +64,11 @@ def test_a_sequence_counts_the_views_of_one_place_once(tiny_snapshot, tmp_path):
 
     predictor = Predictor(tiny_snapshot)
     log_probs = predictor.recipe.log_probs(predictor.outputs(faces))
-    places = log_probs.reshape(3, 4, -1).mean(axis=1).sum(axis=0)
+    places = log_probs.reshape(3, 4, -1).mean(axis=1).sum(axis=0) / SNAPSHOT_SEQUENCE_TEMPERATURE
     expected = np.exp(places - np.logaddexp.reduce(places))
     assert [t["probability"] for t in answer["top"]] == pytest.approx(
         sorted(expected, reverse=True), abs=1e-9)
-    naive = log_probs.sum(axis=0)
+    naive = log_probs.sum(axis=0) / SNAPSHOT_SEQUENCE_TEMPERATURE
     assert not np.allclose(np.exp(naive - np.logaddexp.reduce(naive)), expected, atol=1e-3)
 
 
@@ -84,6 +85,19 @@ def test_modes_of_one_photo_and_retrieval(retrieval_snapshot, tiny_snapshot, tmp
     assert result.returncode == 2
     assert "exported without its feature index" in result.stderr
     assert "it serves argmax, topk, topk_mean, hierarchical" in result.stderr
+
+
+def test_retrieval_answers_with_the_snapshots_search(wide_retrieval_snapshot, tmp_path):
+    """A snapshot evaluated with neighbours 3 within the 2 likeliest cells answers so."""
+    photos = []
+    for seed in range(20, 28):
+        photos.append(tmp_path / f"query{seed}.png")
+        noisy_photo(seed).save(photos[-1])
+    result = predict(wide_retrieval_snapshot, *photos, "--mode", "retrieval", "--json")
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(a["lat"], a["lon"]) for a in answers] == expected_retrieval(
+        wide_retrieval_snapshot, photos, 3, 2)
 
 
 def test_the_views_of_one_place_are_answered_together(retrieval_snapshot, tmp_path):

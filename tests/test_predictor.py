@@ -6,12 +6,18 @@ import shutil
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import noisy_photo
+from conftest import (
+    SNAPSHOT_SEQUENCE_TEMPERATURE,
+    SNAPSHOT_TEMPERATURE,
+    expected_retrieval,
+    noisy_photo,
+)
 from PIL import Image
 
 from geoloc.data.preprocess import read_squares, to_square
 from geoloc.errors import GeolocError
-from geoloc.predictor import FEATURES_MODEL, SPEC_NAME, Predictor
+from geoloc.exif import written_exif
+from geoloc.predictor import FEATURES_MODEL, MODEL_NAME, SPEC_NAME, Predictor
 
 
 def test_each_input_size_decodes_the_photo_afresh(retrieval_snapshot, tmp_path):
@@ -75,7 +81,6 @@ def test_the_views_of_one_place_get_one_answer_and_far_apart_views_a_note(retrie
     8-11): photos 4 to 7 sent together are that place again, found whole, with the mean
     probabilities of the views. Views whose EXIF positions lie over PLACE_SPREAD_KM apart are
     answered, with a note that says how far."""
-    from geoloc.exif import written_exif
     from geoloc.predictor import PLACE_SPREAD_KM
     from geoloc.retrieval import RetrievalIndex
 
@@ -100,3 +105,47 @@ def test_the_views_of_one_place_get_one_answer_and_far_apart_views_a_note(retrie
     note = predictor.predict_place(far).note
     assert note is not None and "lie up to 0.20 km apart" in note
     assert predictor.predict_place(far[:1] * 2).note is None
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def test_served_probabilities_are_calibrated_by_the_snapshots_temperatures(tiny_snapshot,
+                                                                           tmp_path):
+    """A photo's probabilities are softmax(logits / T), a drive's the softmax of its photos'
+    summed log-probabilities over the sequence temperature, with the snapshot's T (1.5) and
+    sequence T (3.0): a predictor that skips either division serves other probabilities."""
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"frame{i}.jpg")
+        noisy_photo(i).save(paths[-1], exif=written_exif(45.0, 3.0, 1_600_000_000_000 + i * 60_000))
+    session = ort.InferenceSession(str(tiny_snapshot / MODEL_NAME))
+    squares = np.stack([read_squares(path, (32,))[0] for path in paths])
+    logits = session.run(["logits"], {"images": squares})[0].astype(np.float64)
+    photo = softmax(logits / SNAPSHOT_TEMPERATURE)
+    drive = softmax(np.log(photo).sum(axis=0) / SNAPSHOT_SEQUENCE_TEMPERATURE)
+
+    predictor = Predictor(tiny_snapshot)
+    for answer, expected in zip(predictor.predict(paths, 6, "argmax"), photo, strict=True):
+        assert [t["probability"] for t in answer.top] == pytest.approx(
+            sorted(expected, reverse=True), abs=1e-6)
+    for answer in predictor.predict(paths, 6, "sequence"):
+        assert [t["probability"] for t in answer.top] == pytest.approx(
+            sorted(drive, reverse=True), abs=1e-6)
+
+
+def test_retrieval_searches_as_the_snapshot_was_evaluated(wide_retrieval_snapshot, tmp_path):
+    """Neighbours 3 within the 2 likeliest cells, as the snapshot's recipe says: the answers
+    are the brute-force ones, and differ from both the nearest photo and a search over every
+    cell for some of the photos."""
+    paths = []
+    for seed in range(20, 28):
+        paths.append(tmp_path / f"query{seed}.png")
+        noisy_photo(seed).save(paths[-1])
+    answers = [(p.lat, p.lon) for p in Predictor(wide_retrieval_snapshot).predict(
+        paths, mode="retrieval")]
+    assert answers == expected_retrieval(wide_retrieval_snapshot, paths, 3, 2)
+    assert answers != expected_retrieval(wide_retrieval_snapshot, paths, 1, 0)
+    assert answers != expected_retrieval(wide_retrieval_snapshot, paths, 3, 0)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 import requests
-from conftest import ROOT, noisy_photo
+from conftest import ROOT, expected_retrieval, noisy_photo
 from PIL import Image
 
 from geoloc.data.cities import load_cities
@@ -106,7 +106,7 @@ def test_docs_and_openapi(server):
     assert {"/health", "/model", "/map.json"} <= set(spec["paths"])
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_prediction_matches_the_predictor(server, tiny_snapshot, fmt):
     data = photo(1, fmt)
     answer = post(server, data, f"photo.{fmt.lower()}").json()
@@ -145,6 +145,19 @@ def test_modes_from_the_form_or_the_query_and_retrieval(retrieval_snapshot):
     assert (topk["mode"], topk["lat"], topk["lon"]) == ("topk", best.lat, best.lon)
     assert_refused(refused, 422, "mode must be one of argmax, topk, topk_mean, hierarchical, "
                    "sequence, sequence_online, retrieval, place", "'hybrid'")
+
+
+def test_retrieval_answers_with_the_snapshots_search(wide_retrieval_snapshot):
+    """A snapshot evaluated with neighbours 3 within the 2 likeliest cells answers so."""
+    photos = []
+    for seed in range(20, 28):
+        png = io.BytesIO()
+        noisy_photo(seed).save(png, "PNG")
+        photos.append(png.getvalue())
+    with serving(create_app(wide_retrieval_snapshot)) as url:
+        answers = [post(url, data, fields={"mode": "retrieval"}).json() for data in photos]
+    assert [(a["lat"], a["lon"]) for a in answers] == expected_retrieval(
+        wide_retrieval_snapshot, photos, 3, 2)
 
 
 def test_the_views_of_one_place_in_one_request(retrieval_snapshot, tiny_snapshot):
@@ -337,18 +350,27 @@ def test_concurrent_requests_are_all_answered_correctly(server, tiny_snapshot):
 
 
 def test_the_clients_filename_is_never_used(server, tiny_snapshot):
-    names = ["evil.jpg", "evil.png"]
+    """No file is created or overwritten where a client's filename points: the system's
+    temporary folders themselves (TMPDIR can move tempfile's), the working folders, the
+    snapshot's. A file already there keeps its bytes."""
+    names = [f"evil-{os.getpid()}.jpg", f"evil-{os.getpid()}.png"]
     places = [Path.cwd(), Path.cwd().parent.parent, tiny_snapshot, tiny_snapshot.parent,
-              Path(tempfile.gettempdir()), ROOT]
+              Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp"), ROOT]
 
-    def written() -> list[Path]:
-        return [place / name for place in places for name in names if (place / name).exists()]
+    def contents() -> dict[Path, bytes | None]:
+        return {place / name: (place / name).read_bytes() if (place / name).exists() else None
+                for place in places for name in names}
 
-    before = written()
-    for name, fmt in zip(names, ("JPEG", "PNG"), strict=True):
-        assert post(server, photo(8, fmt), f"../../{name}").status_code == 200
-        assert post(server, photo(8, fmt), f"/tmp/{name}").status_code == 200
-    assert written() == before
+    planted = Path("/tmp") / names[0]
+    planted.write_bytes(b"a file the server must leave alone")
+    try:
+        before = contents()
+        for name, fmt in zip(names, ("JPEG", "PNG"), strict=True):
+            for path in (f"../../{name}", f"/tmp/{name}", f"/var/tmp/{name}"):
+                assert post(server, photo(8, fmt), path).status_code == 200
+        assert contents() == before
+    finally:
+        planted.unlink()
 
 
 def test_page_and_map_are_served_from_here(server):
