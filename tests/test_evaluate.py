@@ -7,6 +7,8 @@ import h3
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.optimize
+import scipy.special
 from conftest import tiny_params
 
 from geoloc import geo, inference, metrics
@@ -193,13 +195,24 @@ def test_reference_answers_and_modes_of_a_model_on_a_test_split():
     model = build_model(replace(PARAMS.model, width=4), len(cells)).eval()
     cfg = replace(PARAMS.evaluate, mode="sequence", top_k=2, bootstrap_samples=200,
                   calibrate=True)
-    result = evaluate(outputs(model, test), cells, cfg, val=outputs(model, split(cells, n=12)))
+    val = outputs(model, split(cells, n=12))
+    result = evaluate(outputs(model, test), cells, cfg, val=val)
     figures = result.metrics
     # The headline (sequence) mode's own accuracy has its own name; `accuracy` stays argmax's.
     assert figures["mode_accuracy"] == result.modes["sequence"]["accuracy"]
     assert figures["accuracy"] == result.modes["argmax"]["accuracy"]
     assert figures["p95_km"] == result.modes["sequence"]["p95_km"]
-    assert figures["temperature"] != 1.0 and figures["sequence_temperature"] != 1.0
+    # The temperatures are those a direct fit on val gives: the photos' logits, then each
+    # sequence's summed log-probabilities under the photo temperature.
+    labels = val.rows["label"].to_numpy()
+    temperature = direct_temperature(val.logits, labels)
+    photo_log_probs = scipy.special.log_softmax(val.logits / temperature, axis=1)
+    evidence = pd.DataFrame(photo_log_probs).groupby(val.rows["sequence_id"].to_numpy()
+                                                     ).transform("sum").to_numpy()
+    assert figures["temperature"] == pytest.approx(temperature, rel=2e-3)
+    assert figures["sequence_temperature"] == pytest.approx(
+        direct_temperature(evidence, labels), rel=2e-3)
+    assert abs(figures["sequence_temperature"] - figures["temperature"]) > 0.1
     assert 0 <= figures["sequence_expected_calibration_error"] <= 1
     uncalibrated = evaluate(outputs(model, test), cells, replace(cfg, calibrate=False))
     assert uncalibrated.metrics["temperature"] == 1.0 == uncalibrated.metrics[
@@ -253,6 +266,18 @@ def test_extremes_title_the_best_and_the_worst():
     table = extremes(predictions, 2)
     assert table["image_id"].tolist() == ["b", "e", "d", "a"]
     assert table["title"].tolist() == ["best 1", "best 2", "worst 1", "worst 2"]
+
+
+def direct_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature of least negative log-likelihood on these rows, by scipy's bounded
+    search over log T (an implementation apart from geoloc's)."""
+    def nll(log_t: float) -> float:
+        scaled = scipy.special.log_softmax(logits / np.exp(log_t), axis=1)
+        return -scaled[np.arange(len(labels)), labels].mean()
+
+    fit = scipy.optimize.minimize_scalar(nll, bounds=(np.log(0.01), np.log(1000.0)),
+                                         method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(fit.x))
 
 
 def outputs(model, split: CachedSplit, features: np.ndarray | None = None) -> Outputs:
