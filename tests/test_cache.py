@@ -205,12 +205,13 @@ def test_batch_augmentation_is_per_image_deterministic_and_exact_when_neutral():
     assert all(not torch.allclose(first[0], first[i]) for i in range(1, 6))
 
 
-def test_a_half_area_crop_magnifies():
-    """A vertical stripe pattern seen through a crop of a quarter of the area is twice as wide."""
+def test_a_quarter_area_crop_magnifies_twice():
+    """`scale` is the crop's share of the area, not of the side: a quarter of the area is half
+    the width, so vertical stripes seen through it come out twice as wide."""
     x = (np.arange(32) // 2 % 2 * 255).astype(np.uint8)           # stripes 2 px wide
     batch = torch.from_numpy(np.broadcast_to(x[None, :, None], (32, 32, 3)).copy())[None]
     zoom = BatchAugment(scale=(0.25, 0.25), ratio=(1, 1), brightness=0, contrast=0,
                         saturation=0)
     row = zoom(batch, torch.Generator().manual_seed(0))[0, 16, :, 0]
     edges = int((torch.diff((row > 127).int()) != 0).sum())
-    assert 6 <= edges <= 8   # 15 edges across the whole image, about half of them in a crop
+    assert 6 <= edges <= 8   # 15 edges across the whole image, about 7 in half its width

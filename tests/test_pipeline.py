@@ -221,8 +221,12 @@ def test_export_snapshot_stands_alone_and_is_timed(repo):
     card = (snapshot / "MODEL_CARD.md").read_text()
     assert f"{evaluation['median_km']:.3g} km" in card and "synthetic world" in card
     trained = json.loads((repo / "metrics/train_time.json").read_text())
-    if not torch.cuda.is_available():       # train.precision auto: fp32 on a CPU
-        assert (trained["device"], trained["precision"]) == ("cpu", "fp32")
+    # train.precision auto: bf16 on a CUDA device that runs it natively, else fp32
+    expected = ("cpu", "fp32")
+    if torch.cuda.is_available():
+        expected = ("cuda", "bf16" if torch.cuda.is_bf16_supported(including_emulation=False)
+                    else "fp32")
+    assert (trained["device"], trained["precision"]) == expected
     assert (f"trained on {trained['device']} in {trained['precision']} (train.precision "
             f"`auto`)") in " ".join(card.split())
     assert "The feature index holds the training photos' positions" in card
