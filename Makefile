@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # Stage commands in dvc.yaml run `python`: make it the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv install browser demo test bench scale screenshot lint
+.PHONY: venv install browser demo test bench mutate scale screenshot lint
 
 venv: install
 
@@ -43,6 +43,11 @@ bench: install
 	$(PY) bench/train.py --out metrics/bench.json
 	$(PY) bench/crossval.py --out metrics/bench.json
 	$(PY) bench/compare.py --results metrics/bench.json
+
+# Mutation testing of the core modules against their fast tests (metrics/mutation.json); about
+# an hour on 2 cores, not part of `make test`. MUTATE_ARGS passes options (--modules geo ...).
+mutate: install
+	$(PY) bench/mutation.py $(MUTATE_ARGS)
 
 # Each stage's time, memory and disk at about 5k, 25k and 100k photos, in temporary clones
 # (metrics/scale.json, plots/scale.png); about an hour on 2 cores. SCALE_ARGS passes options.
