@@ -202,17 +202,9 @@ def test_reference_answers_and_modes_of_a_model_on_a_test_split():
     assert figures["mode_accuracy"] == result.modes["sequence"]["accuracy"]
     assert figures["accuracy"] == result.modes["argmax"]["accuracy"]
     assert figures["p95_km"] == result.modes["sequence"]["p95_km"]
-    # The temperatures are those a direct fit on val gives: the photos' logits, then each
-    # sequence's summed log-probabilities under the photo temperature.
-    labels = val.rows["label"].to_numpy()
-    temperature = direct_temperature(val.logits, labels)
-    photo_log_probs = scipy.special.log_softmax(val.logits / temperature, axis=1)
-    evidence = pd.DataFrame(photo_log_probs).groupby(val.rows["sequence_id"].to_numpy()
-                                                     ).transform("sum").to_numpy()
-    assert figures["temperature"] == pytest.approx(temperature, rel=2e-3)
-    assert figures["sequence_temperature"] == pytest.approx(
-        direct_temperature(evidence, labels), rel=2e-3)
-    assert abs(figures["sequence_temperature"] - figures["temperature"]) > 0.1
+    # Calibrated on val, not on test (test_fit_temperatures_equal_a_direct_fit: how)
+    assert (figures["temperature"], figures["sequence_temperature"]) == pytest.approx(
+        fit_temperatures(val.logits, val.rows))
     assert 0 <= figures["sequence_expected_calibration_error"] <= 1
     uncalibrated = evaluate(outputs(model, test), cells, replace(cfg, calibrate=False))
     assert uncalibrated.metrics["temperature"] == 1.0 == uncalibrated.metrics[
@@ -311,6 +303,26 @@ def test_the_sequence_temperature_undoes_the_evidence_of_repeated_frames():
     temperature, sequence_temperature = fit_temperatures(np.repeat(photos, 8, axis=0), rows)
     assert temperature == pytest.approx(1.0, rel=0.05)
     assert sequence_temperature == pytest.approx(8.0, rel=0.05)
+
+
+def test_fit_temperatures_equal_a_direct_fit():
+    """150 drives of 4 frames, over-confident threefold: the photo temperature is a direct
+    fit of the frames' logits, the sequence temperature a direct fit of each drive's summed
+    log-probabilities under the photo temperature."""
+    rng = np.random.default_rng(5)
+    drive = rng.normal(0, 2, (150, 6))
+    labels = np.repeat((np.exp(inference.log_softmax(drive)).cumsum(axis=1)
+                        < rng.random((150, 1))).sum(axis=1), 4)
+    logits = 3 * (np.repeat(drive, 4, axis=0) + rng.normal(0, 1, (600, 6)))
+    rows = pd.DataFrame({"image_id": [f"i{i}" for i in range(600)],
+                         "sequence_id": np.repeat(np.arange(150), 4).astype(str),
+                         "captured_at": np.tile(np.arange(1, 5), 150), "label": labels})
+    temperature, sequence_temperature = fit_temperatures(logits, rows)
+    direct = direct_temperature(logits, labels)
+    evidence = pd.DataFrame(scipy.special.log_softmax(logits / direct, axis=1)).groupby(
+        rows["sequence_id"].to_numpy()).transform("sum").to_numpy()
+    assert temperature == pytest.approx(direct, rel=2e-3) and temperature > 2
+    assert sequence_temperature == pytest.approx(direct_temperature(evidence, labels), rel=2e-3)
 
 
 def test_temperature_scaling_recovers_the_temperature_that_drew_the_labels():

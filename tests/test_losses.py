@@ -278,6 +278,9 @@ def test_offset_term_is_off_without_offsets_or_weight():
     offsets = torch.ones(2, len(DISK), 2)
     assert "offset" not in build_loss(cfg(offset_weight=1.0), DISK)(logits, labels, positions)[1]
     assert "offset" not in build_loss(cfg(), DISK)(logits, labels, positions, offsets)[1]
+    # any weight above 0 turns it on, a small one too
+    assert "offset" in build_loss(cfg(offset_weight=0.5), DISK)(logits, labels, positions,
+                                                                 offsets)[1]
 
 
 def line_of_classes(neighbours) -> pd.DataFrame:
@@ -300,6 +303,33 @@ def test_adjacency_is_the_mean_squared_distance_of_neighbouring_rows():
     assert parts["adjacency"].item() == pytest.approx(0.1 * (1.0 + 4.0) / 2)
     total.backward()
     assert (weight.grad[3] == 0).all() and weight.grad[1].tolist() == pytest.approx([0.1, -0.2])
+
+
+def test_adjacency_is_off_without_head_weights_or_weight():
+    table = line_of_classes([[1], [0]])
+    logits, labels, positions = batch(table, [0, 1])
+    assert set(build_loss(cfg(), table)(logits, labels, positions,
+                                        head_weight=torch.randn(2, 3))[1]) == {"cross_entropy"}
+    assert set(build_loss(cfg(adjacency_weight=1.0), table)(logits, labels, positions)[1]) == {
+        "cross_entropy"}
+
+
+def test_the_haversine_loss_is_its_only_part():
+    logits, labels, positions = batch(DISK, [0, 1])
+    total, parts = build_loss(cfg(name="haversine"), DISK)(logits, labels, positions)
+    assert set(parts) == {"haversine"} and total.item() == parts["haversine"].item()
+
+
+def test_antipodal_points_are_half_the_circumference_apart_not_nan():
+    """float32 rounding takes the haversine term past 1 for some antipodal pairs (and arcsin
+    near 1 leaves a few km of float32 error there)."""
+    rng = np.random.default_rng(3)
+    lat, lon = rng.uniform(-89, 89, 2000), rng.uniform(-180, 180, 2000)
+    far_lon = np.mod(lon + 360.0, 360.0) - 180.0
+    km = losses.haversine_km(*(torch.tensor(v, dtype=torch.float32)
+                               for v in (lat, lon, -lat, far_lon)))
+    assert torch.isfinite(km).all()
+    assert km.numpy() == pytest.approx(np.full(2000, math.pi * geo.EARTH_RADIUS_KM), abs=10)
 
 
 def test_adjacency_without_edges_is_zero():
@@ -330,8 +360,13 @@ def test_buffers_follow_to_and_half_logits_are_upcast():
                                                                              abs=2e-3)
     half, _ = loss.to(torch.float32)(logits.half(), labels, positions, offsets, weight)
     assert half.dtype == torch.float32 and half.item() == pytest.approx(single.item(), rel=1e-2)
+    assert losses.at_least_float32(torch.ones(2, dtype=torch.bfloat16)).dtype == torch.float32
+    assert losses.at_least_float32(torch.ones(2, dtype=torch.float64)).dtype == torch.float64
+    # the class table's points are float32 whatever the table's dtype, as the model's outputs
+    assert build_loss(cfg(), DISK).points.dtype == torch.float32
 
 
 def test_an_unordered_table_is_a_clear_error():
-    with pytest.raises(ValueError, match="label order"):
+    with pytest.raises(ValueError, match="^the class table must hold one row per label "
+                                         r"0\.\.K-1, in label order$"):
         build_loss(cfg(), DISK.iloc[::-1])
