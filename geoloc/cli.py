@@ -99,7 +99,8 @@ def _predict(args) -> int:
     paths = _image_paths(args.paths)
     names = [f"sequence of {len(paths)} photos", f"place of {len(paths)} views",
              *map(str, paths)]
-    table = _Table(max(map(len, ["path", *names])), args.json)
+    table = _Table(max(map(len, ["path", *names])), args.json,
+                   max(map(len, ["near", *(_near(c["name"], 999.9) for c in predictor.cities)])))
     table.header()
     if args.sequence:
         return _predict_sequence(predictor, paths, args, table)
@@ -163,21 +164,27 @@ class _Table:
     """The predictions as aligned columns (the path column as wide as the longest path), or
     as JSON lines."""
 
-    def __init__(self, path_width: int, as_json: bool):
-        self.width, self.as_json = path_width, as_json
+    def __init__(self, path_width: int, as_json: bool, near_width: int):
+        self.width, self.as_json, self.near_width = path_width, as_json, near_width
 
     def header(self) -> None:
         if not self.as_json:
-            print(f"{'path':{self.width}} {'lat':>9} {'lon':>9} {'cell':16} {'confidence':>10}"
-                  f" {'mode':9}  top-k")
+            print(f"{'path':{self.width}} {'lat':>9} {'lon':>9} {'near':{self.near_width}} "
+                  f"{'cell':16} {'confidence':>10} {'mode':9}  top-k")
 
     def row(self, name: str, prediction) -> None:
         if self.as_json:
             print(json.dumps({"path": name, **prediction.__dict__}))
             return
         top = " ".join(f"{t['cell']}:{t['probability']:.2f}" for t in prediction.top)
+        near = "-" if prediction.city is None else _near(prediction.city, prediction.city_km)
         print(f"{name:{self.width}} {prediction.lat:9.5f} {prediction.lon:9.5f} "
-              f"{prediction.cell:16} {prediction.confidence:10.3f} {prediction.mode:9}  {top}")
+              f"{near:{self.near_width}} {prediction.cell:16} {prediction.confidence:10.3f} "
+              f"{prediction.mode:9}  {top}")
+
+
+def _near(city: str, km: float) -> str:
+    return f"{city} {km:.1f} km"
 
 
 def _freeze_test(args) -> int:

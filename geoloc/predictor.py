@@ -8,7 +8,8 @@ evaluated one. A photo is a file path or its bytes: each input size decodes it a
 resize cache and the features stage do (a JPEG decoded small for the classifier cannot then
 give the backbone its 224 px). The views of one place (a rig's cameras, a burst) get one
 answer together: predict_place; a 360 panorama is first cut into views, as the fetch stage cuts
-them (the snapshot keeps how), and answered the same way.
+them (the snapshot keeps how), and answered the same way. Each answer names the nearest of the
+snapshot's cities (where its training photos were taken), and how far it is.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from geoloc.choices import RETRIEVAL_MODES, SEQUENCE_MODES
+from geoloc.data.cities import nearest_city
 from geoloc.data.preprocess import to_square
 from geoloc.errors import GeolocError
 from geoloc.exif import photo_position, photo_time
@@ -58,6 +60,8 @@ class Prediction:
     mode: str
     views: int = 1     # the views the answer is for, of one place (a panorama: its cut views)
     note: str | None = None
+    city: str | None = None        # the snapshot's city nearest the answer (None: it has none)
+    city_km: float | None = None   # and how far from it
 
 
 class Predictor:
@@ -71,6 +75,7 @@ class Predictor:
                 raise GeolocError(f"{snapshot / name} not found: run the export stage "
                                   f"(dvc repro export) or pass --model")
         self.spec = json.loads((snapshot / SPEC_NAME).read_text())
+        self.cities = self.spec.get("cities", [])
         found = self.spec.get("format", 1)
         if found != SNAPSHOT_FORMAT:
             what = ("export it again (dvc repro export)" if found < SNAPSHOT_FORMAT
@@ -170,7 +175,9 @@ class Predictor:
         order = np.argsort(-probs, kind="stable")[:top_k]
         top = [{**self._cell(i), "probability": float(probs[i])} for i in order]
         cell = self.cells[label if label >= 0 else int(np.argmax(probs))]
-        return Prediction(lat, lon, cell["cell"], float(probs[cell["label"]]), top, mode)
+        city, km = nearest_city(self.cities, lat, lon) or (None, None)
+        return Prediction(lat, lon, cell["cell"], float(probs[cell["label"]]), top, mode,
+                          city=city, city_km=None if km is None else round(km, 2))
 
     def _cell(self, label: int) -> dict:
         return {k: self.cells[label][k] for k in ("label", "cell", "lat", "lon")}

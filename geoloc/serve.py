@@ -74,6 +74,8 @@ class Located(BaseModel):
     mode: str     # how the point was made (geoloc.inference, geoloc.retrieval)
     views: int    # the views answered together, of one place (a panorama: its cut views)
     note: str | None = None   # e.g. views whose EXIF positions lie far apart
+    city: str | None = None   # the snapshot's city nearest the answer
+    city_km: float | None = None
 
 
 class Problem(BaseModel):
@@ -237,7 +239,8 @@ def answer(prediction: Prediction, boundaries: dict[str, list]) -> dict:
     return {"lat": prediction.lat, "lon": prediction.lon, "cell": prediction.cell,
             "confidence": prediction.confidence, "top": top,
             "osm_url": osm_url(prediction.lat, prediction.lon), "mode": prediction.mode,
-            "views": prediction.views, "note": prediction.note}
+            "views": prediction.views, "note": prediction.note, "city": prediction.city,
+            "city_km": prediction.city_km}
 
 
 def osm_url(lat: float, lon: float) -> str:

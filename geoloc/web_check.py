@@ -29,6 +29,7 @@ class PageResult:
     status: str  # the status line the page shows
     lat: str  # as shown, 5 decimals
     lon: str
+    near: str  # the snapshot's nearest city and how far, or "-"
     confidence: str
     answered: str  # the mode, and the views answered together
     note: str  # what the answer notes ("" for none)
@@ -95,7 +96,8 @@ def locate_in_page(driver, base_url: str, photo: Path | list[Path], top_k: int =
 
     return PageResult(
         state=result.get_attribute("data-state"), status=text("status"), lat=text("lat"),
-        lon=text("lon"), confidence=text("confidence"), answered=text("answered"),
+        lon=text("lon"), near=text("near"), confidence=text("confidence"),
+        answered=text("answered"),
         note=text("note"),
         osm_url=driver.find_element(By.ID, "osm").get_attribute("href"),
         hexagons=len(driver.find_elements(By.CSS_SELECTOR, "#map polygon.cell")),

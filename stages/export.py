@@ -1,5 +1,6 @@
 """export: a snapshot folder that predicts without the training code (TorchScript and ONNX
-models, cell table, preprocessing spec, params, metrics, model card, and the feature index of
+models, cell table, preprocessing spec, the training photos' cities that answers are named
+after, params, metrics, model card, and the feature index of
 the retrieval mode unless export.retrieval_index is false), checked against eager PyTorch and
 timed on this CPU."""
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from geoloc.checkpoint import check_cells, load_checkpoint
+from geoloc.data.cities import city_points
 from geoloc.data.features import load_features
 from geoloc.data.preprocess import read_squares
 from geoloc.data.splits import load_cells, load_split
@@ -59,6 +61,7 @@ def main() -> None:
     if not Path(args.recipe).exists():
         raise GeolocError(f"{args.recipe} not found: run the evaluate stage (dvc repro evaluate)")
     spec = json.loads(Path(args.recipe).read_text())
+    spec["cities"] = city_points(load_split(args.splits, "train"))
     with atomic_dir(args.out) as tmp:
         if params.export.retrieval_index:
             spec["retrieval"] = add_retrieval(tmp, Path(args.features), Path(args.retrieval),

@@ -79,7 +79,9 @@ def fetch_run(out_dir: Path, batch: str = "batch01", store_dir: Path | None = No
 # a served answer that skips a division by either differs from what the tests expect.
 SNAPSHOT_TEMPERATURE, SNAPSHOT_SEQUENCE_TEMPERATURE = 1.5, 3.0
 
-# Real H3 cells (resolution 5) around six cities: the tiny snapshot's classes.
+# Real H3 cells (resolution 5) around six cities: the tiny snapshot's classes, and the cities
+# it names its answers after.
+SNAPSHOT_CITY_NAMES = ["Paris", "Marseille", "Lyon", "Toulouse", "Nantes", "Lille"]
 SNAPSHOT_CITIES = [(48.8566, 2.3522), (43.2965, 5.3698), (45.7640, 4.8357), (43.6047, 1.4442),
                    (47.2184, -1.5536), (50.6292, 3.0573)]
 
@@ -117,8 +119,10 @@ def tiny_snapshot(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("snapshot")
     recipe = Recipe(cells, top_k=5, temperature=SNAPSHOT_TEMPERATURE,
                     sequence_temperature=SNAPSHOT_SEQUENCE_TEMPERATURE)
+    cities = [{"name": name, "lat": lat, "lon": lon}
+              for name, (lat, lon) in zip(SNAPSHOT_CITY_NAMES, SNAPSHOT_CITIES, strict=True)]
     export_model(model, cells, 32, check, out, load_params(ROOT / "params.yaml").export.opset,
-                 {"recipe": recipe.settings()})
+                 {"recipe": recipe.settings(), "cities": cities})
     return out
 
 

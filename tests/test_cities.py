@@ -56,3 +56,21 @@ def test_nearest_city_whose_circle_holds_the_point():
     assert nearest_cities([45.0, 45.0, 45.0, 46.0], [5.0, 5.0153, 4.99, 5.0], cities) == [
         "A", "B", "A", None]
     assert nearest_cities([], [], cities) == []
+
+
+def test_a_snapshots_cities_are_where_their_photos_were_taken():
+    """Each city at the mean position of its photos, by name; photos without a city count
+    for none."""
+    from geoloc.data.cities import city_points, nearest_city
+
+    photos = pd.DataFrame({"city": ["Lyon", "Brest", "Lyon", None],
+                           "lat": [45.70, 48.39, 45.80, 0.0], "lon": [4.80, -4.49, 4.90, 0.0]})
+    cities = city_points(photos)
+    assert [c["name"] for c in cities] == ["Brest", "Lyon"]
+    assert (cities[0]["lat"], cities[0]["lon"]) == (48.39, -4.49)
+    assert cities[1]["lat"] == pytest.approx(45.75, abs=1e-3)
+    assert cities[1]["lon"] == pytest.approx(4.85, abs=1e-3)
+    name, km = nearest_city(cities, 45.75, 4.95)
+    assert name == "Lyon" and km == pytest.approx(7.8, abs=0.1)
+    assert nearest_city(cities, 48.0, -4.0)[0] == "Brest"
+    assert city_points(photos.iloc[3:]) == [] and nearest_city([], 45.0, 4.0) is None

@@ -41,13 +41,16 @@ def test_columns_stay_aligned_for_long_paths(tiny_snapshot, tmp_path):
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
     assert len(rows) == 2 and len(str(photos[0])) > 40
-    column = header.index("lat")
+    column, near = header.index("lat"), header.index("near")
     for row, photo in zip(rows, photos, strict=True):
         assert row.startswith(str(photo))
         # lat is right-aligned in 9 characters: its last digit sits under the header's "t"
         assert row[column + 2] != " " and row[column + 3] == " "
-        assert float(row[column - 6:column + 3]) == pytest.approx(
-            Predictor(tiny_snapshot).predict([photo])[0].lat, abs=1e-5)
+        expected = Predictor(tiny_snapshot).predict([photo])[0]
+        assert float(row[column - 6:column + 3]) == pytest.approx(expected.lat, abs=1e-5)
+        # the nearest city starts under "near", as wide as the longest name and distance
+        assert row[near:].startswith(f"{expected.city} {expected.city_km:.1f} km ")
+        assert row[near - 1] == " " and row.index(expected.cell) == header.index("cell")
 
 
 def test_a_sequence_counts_the_views_of_one_place_once(tiny_snapshot, tmp_path):

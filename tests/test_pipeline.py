@@ -216,6 +216,9 @@ def test_export_snapshot_stands_alone_and_is_timed(repo):
     assert spec["recipe"] == recipe["recipe"] and spec["format"] == 3
     assert spec["recipe"]["temperature"] == pytest.approx(evaluation["temperature"], rel=1e-5)
     assert spec["mode"] == "argmax" and spec["recipe"]["neighbours"] == 10
+    # answers are named after the training photos' cities
+    train = pd.read_parquet(repo / "data/splits/train.parquet")
+    assert [c["name"] for c in spec["cities"]] == sorted(train["city"].unique())
     assert json.loads((snapshot / "metrics.json").read_text())["evaluate"] == evaluation
     assert json.loads((snapshot / "params.json").read_text())["model"]["arch"] == "cnn"
     card = (snapshot / "MODEL_CARD.md").read_text()

@@ -7,6 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from conftest import (
+    SNAPSHOT_CITIES,
+    SNAPSHOT_CITY_NAMES,
     SNAPSHOT_SEQUENCE_TEMPERATURE,
     SNAPSHOT_TEMPERATURE,
     expected_retrieval,
@@ -149,3 +151,29 @@ def test_retrieval_searches_as_the_snapshot_was_evaluated(wide_retrieval_snapsho
     assert answers == expected_retrieval(wide_retrieval_snapshot, paths, 3, 2)
     assert answers != expected_retrieval(wide_retrieval_snapshot, paths, 1, 0)
     assert answers != expected_retrieval(wide_retrieval_snapshot, paths, 3, 0)
+
+
+def test_each_answer_names_the_snapshots_nearest_city(tiny_snapshot, tmp_path):
+    """The nearest of the snapshot's cities to the answer, and its distance; a snapshot
+    without cities (exported before they were kept) names none."""
+    from geoloc.geo import haversine_km
+
+    paths = []
+    for seed in range(6):
+        paths.append(tmp_path / f"{seed}.png")
+        noisy_photo(seed).save(paths[-1])
+    answers = Predictor(tiny_snapshot).predict(paths, mode="topk_mean")
+    for answer in answers:
+        km = [float(haversine_km(answer.lat, answer.lon, lat, lon))
+              for lat, lon in SNAPSHOT_CITIES]
+        assert answer.city == SNAPSHOT_CITY_NAMES[int(np.argmin(km))]
+        assert answer.city_km == pytest.approx(min(km), abs=0.005)
+    assert any(answer.city_km > 1 for answer in answers)   # topk_mean falls between cities
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_snapshot, old)
+    spec = json.loads((old / SPEC_NAME).read_text())
+    del spec["cities"]
+    (old / SPEC_NAME).write_text(json.dumps(spec))
+    (answer,) = Predictor(old).predict(paths[:1])
+    assert (answer.city, answer.city_km) == (None, None)

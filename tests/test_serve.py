@@ -113,6 +113,7 @@ def test_prediction_matches_the_predictor(server, tiny_snapshot, fmt):
     best = expected(tiny_snapshot, data)
     assert answer["cell"] == best.cell == answer["top"][0]["cell"]
     assert (answer["lat"], answer["lon"]) == (best.lat, best.lon)
+    assert (answer["city"], answer["city_km"]) == (best.city, best.city_km) and best.city
     assert answer["confidence"] == pytest.approx(best.confidence, abs=1e-6)
     assert answer["osm_url"] == (f"https://www.openstreetmap.org/?mlat={round(best.lat, 5)}"
                                  f"&mlon={round(best.lon, 5)}#map=15/{round(best.lat, 5)}/"

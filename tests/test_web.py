@@ -44,6 +44,7 @@ def test_page_shows_the_apis_prediction(server, driver, tmp_path, fmt, top_k):
 
     assert shown.state == "done", shown.status
     assert (shown.lat, shown.lon) == (f"{api['lat']:.5f}", f"{api['lon']:.5f}")
+    assert api["city"] and shown.near == f"{api['city']}, {api['city_km']:.1f} km away"
     assert shown.confidence == f"{100 * api['confidence']:.1f}%"
     assert shown.osm_url == api["osm_url"]
     assert shown.has_point and shown.hexagons == len(api["top"]) == top_k

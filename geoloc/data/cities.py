@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from geoloc.errors import GeolocError
-from geoloc.geo import pairwise_km
+from geoloc.geo import group_mean_points, haversine_km, pairwise_km
 
 CITIES_FILE = Path("data/cities.csv")
 COLUMNS = ["city", "lat", "lon", "radius_km", "batch"]
@@ -66,6 +66,29 @@ def nearest_cities(lat, lon, cities: pd.DataFrame) -> list[str | None]:
     names = cities["city"].to_numpy()
     return [str(names[j]) if np.isfinite(d) else None
             for j, d in zip(km.argmin(axis=1), km.min(axis=1), strict=True)]
+
+
+def city_points(photos: pd.DataFrame) -> list[dict]:
+    """Each city of the photos (a snapshot's training photos) at the mean position of its
+    photos, by name: what a snapshot names its answers after. Photos without a city count for
+    none."""
+    named = photos.dropna(subset=["city"])
+    if named.empty:
+        return []
+    names, groups = np.unique(named["city"].astype(str).to_numpy(), return_inverse=True)
+    lat, lon = group_mean_points(named["lat"].to_numpy(float), named["lon"].to_numpy(float),
+                                 groups)
+    return [{"name": str(n), "lat": round(float(a), 5), "lon": round(float(o), 5)}
+            for n, a, o in zip(names, lat, lon, strict=True)]
+
+
+def nearest_city(cities: list[dict], lat: float, lon: float) -> tuple[str, float] | None:
+    """(name, km) of the city of `cities` (city_points) nearest the point; None without any."""
+    if not cities:
+        return None
+    km = haversine_km(lat, lon, [c["lat"] for c in cities], [c["lon"] for c in cities])
+    best = int(np.argmin(km))
+    return cities[best]["name"], float(km[best])
 
 
 def _parse_row(fields: list[str], where: str) -> dict:

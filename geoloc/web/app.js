@@ -75,6 +75,8 @@ function drawPrediction(answer) {
 function showAnswer(answer) {
   $("lat").textContent = answer.lat.toFixed(5);
   $("lon").textContent = answer.lon.toFixed(5);
+  $("near").textContent = answer.city === null
+    ? "-" : `${answer.city}, ${answer.city_km.toFixed(1)} km away`;
   $("cell").textContent = answer.cell;
   $("confidence").textContent = `${(100 * answer.confidence).toFixed(1)}%`;
   $("answered").textContent = answer.views > 1
