@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT
@@ -41,6 +42,26 @@ def test_any_name_of_letters_digits_underscore_and_dash_is_a_batch(tmp_path):
     path.write_text("city,lat,lon,radius_km,batch\nLege-Cap-Ferret,44.79,-1.15,20,capferret\n"
                     "Arcachon,44.66,-1.17,5,bassin_2-b\n")
     assert list(load_cities(path)["batch"]) == ["capferret", "bassin_2-b"]
+
+
+def test_a_city_without_a_radius_takes_every_photo_nearer_it_than_the_others(tmp_path):
+    """A batch over a country: no circles, each photo to its nearest city of the batch, 400 km
+    away or more; only the local source takes such a city."""
+    from geoloc.data.cities import require_circles
+
+    path = tmp_path / "cities.csv"
+    path.write_text("city,lat,lon,radius_km,batch\nBrest,48.39,-4.49,,france\n"
+                    "Nice,43.70,7.27,,france\nLyon,45.76,4.84,10,lyon\n")
+    cities = load_cities(path)
+    france = cities_of_batch(cities, "france")
+    assert np.isinf(france["radius_km"]).all()
+    # Paris (500 km from Brest), Toulouse (480 km from Nice), Bastia
+    assert nearest_cities([48.85, 43.60, 42.70], [2.35, 1.44, 9.45], france) == [
+        "Brest", "Nice", "Nice"]
+    require_circles(cities_of_batch(cities, "lyon"), "mapillary")
+    with pytest.raises(CitiesError, match="fetch.source synthetic needs each city's radius_km, "
+                                          "the circle it fetches: Brest, Nice has none"):
+        require_circles(france, "synthetic")
 
 
 def test_unknown_batch():

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from conftest import ROOT, copy_project
 from PIL import Image
 from test_pipeline import run
@@ -142,3 +143,53 @@ def test_photos_are_ignored_by_git_and_a_changed_photo_or_csv_reruns_the_fetch(r
     run(["dvc", "add", "data/photos/capferret"], region)
     status = run(["git", "status", "--porcelain", "--untracked-files=all"], region).stdout
     assert "data/photos/capferret.dvc" in status and "stop03" not in status
+
+
+# Two ends of France, 840 km apart, as lines of one batch without a radius: every photo of the
+# folder goes to its nearest city, and no circle is drawn by hand.
+COUNTRY = ["Morlaix,48.58,-3.83,,france", "Haguenau,48.82,7.79,,france"]
+
+
+def test_a_batch_spread_over_a_country_needs_no_circles(tmp_path):
+    """One folder of photos taken at both ends of the country, with EXIF positions only,
+    goes through `dvc repro` with the preset: each photo goes to its nearest city, the cells
+    follow the photos, and answers are named after the two cities."""
+    repo = copy_project(tmp_path / "country")
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    # The photos are rendered around circles of a scratch list; the project's has none.
+    scratch = tmp_path / "render.csv"
+    scratch.write_text("city,lat,lon,radius_km,batch\n" + "".join(
+        line.replace(",,", ",5,") + "\n" for line in COUNTRY))
+    folder = repo / "data/photos/france"
+    for city in ("Morlaix", "Haguenau"):
+        csv = write_demo_folder(folder / city.lower(), city, drives=6, stops=2, width=128,
+                                cities=scratch)
+        csv.unlink()   # EXIF alone: each drive's subfolder is a drive
+    with open(repo / "data/cities.csv", "a") as cities:
+        cities.write("".join(line + "\n" for line in COUNTRY))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["fetch"].update(source="local", local={**params["fetch"]["local"],
+                                                  "folder": "data/photos/france", "csv": None})
+    params["batches"] = ["france"]
+    for override in PRESET:
+        key, value = override.split("=")
+        section, name = key.split(".")
+        params[section][name] = yaml.safe_load(value)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "a batch over the country"], repo)
+    run(["dvc", "repro"], repo)
+
+    fetch = json.loads((repo / "metrics/fetch/france.json").read_text())
+    assert fetch["images"] == 2 * 6 * 2 * 4 and not fetch["failures"]
+    manifest = pd.read_parquet(repo / "data/raw/france/manifest.parquet")
+    west = manifest["lon"] < 2.0
+    assert (manifest.loc[west, "city"] == "Morlaix").all()
+    assert (manifest.loc[~west, "city"] == "Haguenau").all() and west.sum() == 48
+    spec = json.loads((repo / "models/export/model.json").read_text())
+    assert [c["name"] for c in spec["cities"]] == ["Haguenau", "Morlaix"]
+    photo = next((folder / "haguenau").rglob("*.jpg"))
+    answer = json.loads(run([sys.executable, "-m", "geoloc.cli", "predict", "--json",
+                             str(photo)], repo).stdout)
+    assert answer["city"] == "Haguenau" and answer["city_km"] < 50

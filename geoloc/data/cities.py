@@ -1,8 +1,10 @@
-"""The batch city list, data/cities.csv: city,lat,lon,radius_km,batch."""
+"""The batch city list, data/cities.csv: city,lat,lon,radius_km,batch (radius_km may be empty
+for a batch of one's own photos: see _parse_row)."""
 
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path
 
@@ -57,7 +59,8 @@ def cities_of_batch(cities: pd.DataFrame, batch: str) -> pd.DataFrame:
 
 
 def nearest_cities(lat, lon, cities: pd.DataFrame) -> list[str | None]:
-    """For each point, the nearest city whose circle (radius_km) holds it; None outside all."""
+    """For each point, the nearest city whose circle (radius_km) holds it; None outside all.
+    A city without a radius (inf) holds every point."""
     if cities.empty or len(lat) == 0:
         return [None] * len(lat)
     km = pairwise_km(np.asarray(lat, float), np.asarray(lon, float),
@@ -66,6 +69,15 @@ def nearest_cities(lat, lon, cities: pd.DataFrame) -> list[str | None]:
     names = cities["city"].to_numpy()
     return [str(names[j]) if np.isfinite(d) else None
             for j, d in zip(km.argmin(axis=1), km.min(axis=1), strict=True)]
+
+
+def require_circles(cities: pd.DataFrame, source: str) -> None:
+    """Fetching from `source` needs each city's circle: refuse a city without a radius."""
+    open_cities = cities.loc[~np.isfinite(cities["radius_km"].to_numpy(float)), "city"]
+    if len(open_cities):
+        raise CitiesError(f"fetch.source {source} needs each city's radius_km, the circle it "
+                          f"fetches: {', '.join(open_cities)} has none (only fetch.source local "
+                          f"takes a city without one)")
 
 
 def city_points(photos: pd.DataFrame) -> list[dict]:
@@ -97,9 +109,13 @@ def _parse_row(fields: list[str], where: str) -> dict:
     city, lat, lon, radius, batch = (f.strip() for f in fields)
     if not city:
         raise CitiesError(f"{where}: empty city name")
-    row = {"city": city, "batch": batch}
-    for name, text, low, high in (("lat", lat, -90, 90), ("lon", lon, -180, 180),
-                                  ("radius_km", radius, 0.1, 100)):
+    # No radius: no circle, every photo of the batch goes to its nearest city (local photos
+    # spread over a country need no hand-drawn circles); the other sources need one.
+    row = {"city": city, "batch": batch, "radius_km": math.inf}
+    checks = [("lat", lat, -90, 90), ("lon", lon, -180, 180)]
+    if radius:
+        checks.append(("radius_km", radius, 0.1, 100))
+    for name, text, low, high in checks:
         try:
             value = float(text)
         except ValueError:

@@ -8,6 +8,7 @@ import pandas as pd
 
 from geoloc.choices import SOURCES as CHOICES
 from geoloc.choices import registry
+from geoloc.data.cities import require_circles
 from geoloc.params import FetchParams
 from geoloc.sources import local, mapillary, synthetic
 from geoloc.sources.run import FetchRun
@@ -21,4 +22,6 @@ SOURCES = registry(CHOICES, {
 
 def fetch_batch(cities: pd.DataFrame, cfg: FetchParams, run: FetchRun) -> pd.DataFrame:
     """Fetch the images of one batch's cities with the source named in params."""
+    if cfg.source != "local":
+        require_circles(cities, cfg.source)
     return SOURCES[cfg.source](cities, getattr(cfg, cfg.source), run)
