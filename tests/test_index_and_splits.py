@@ -1,3 +1,5 @@
+import itertools
+import logging
 import shutil
 import subprocess
 import sys
@@ -25,7 +27,7 @@ from geoloc.data.splits import (
     write_splits,
 )
 from geoloc.errors import GeolocError
-from geoloc.geo import pairwise_km
+from geoloc.geo import cells_of, haversine_km, pairwise_km
 from geoloc.params import IndexParams
 
 SPLIT = tiny_params().split
@@ -98,9 +100,10 @@ def positions(lat, lon) -> pd.DataFrame:
     return frame.assign(lat=lat, lon=lon)
 
 
-def test_auto_limits_give_a_region_tens_of_cells_and_france_hundreds(caplog):
+@pytest.fixture(scope="module")
+def coast_and_france() -> dict[str, tuple[pd.DataFrame, IndexParams]]:
     """400 photos of a 20 km coast (100 panoramas of 4 faces: four photos per position) and
-    100k photos of the 50 cities: cells follow the count and the density."""
+    100k photos of the 50 cities, each with the limits resolve_index gives them from AUTO."""
     rng = np.random.default_rng(0)
     spots_lat, spots_lon = 44.70 + rng.uniform(0, 0.18, 100), -1.25 + rng.uniform(0, 0.1, 100)
     coast = positions(np.repeat(spots_lat, 4), np.repeat(spots_lon, 4))
@@ -111,22 +114,76 @@ def test_auto_limits_give_a_region_tens_of_cells_and_france_hundreds(caplog):
                         for c, n in zip(cities.itertuples(), share, strict=True)]),
         np.concatenate([rng.normal(c.lon, c.radius_km / 156, n)
                         for c, n in zip(cities.itertuples(), share, strict=True)]))
+    return {name: (images, resolve_index(AUTO, images["lat"], images["lon"]))
+            for name, images in (("coast", coast), ("france", france))}
+
+
+def limits(cfg: IndexParams) -> tuple:
+    return (cfg.coarsest_resolution, cfg.finest_resolution, cfg.max_images_per_cell,
+            cfg.min_images_per_cell)
+
+
+def dropped_with_roots_at(images: pd.DataFrame, cfg: IndexParams, coarsest: int) -> int:
+    """How many of `images` are left in cells too small to keep with the roots at
+    `coarsest`, the other limits as in `cfg`."""
+    _, _, dropped = build_index(images, replace(cfg, coarsest_resolution=coarsest))
+    return dropped["small_cells"]
+
+
+def test_auto_limits_give_a_region_tens_of_cells_and_france_hundreds(coast_and_france, caplog):
+    """Cells follow the count and the density. The resolved limits are pinned (the README
+    gives them): at most ceil(2 sqrt N) images per cell and a quarter of that at least; the
+    finest resolution is the coarsest where no cell holds more than that."""
     found = {}
-    for name, images in (("coast", coast), ("france", france)):
-        cfg = resolve_index(AUTO, images["lat"], images["lon"])
-        labelled, cells, dropped = build_index(images, cfg)
-        found[name] = (cfg, cells, dropped)
-        assert cfg.coarsest_resolution <= cfg.finest_resolution
+    for name, (images, cfg) in coast_and_france.items():
+        _, cells, _ = build_index(images, cfg)
+        found[name] = (cfg, cells)
         assert cells["n_images"].min() >= cfg.min_images_per_cell
-        assert dropped["small_cells"] <= 0.05 * len(images)
-    coast_cfg, coast_cells, _ = found["coast"]
-    assert (coast_cfg.max_images_per_cell, coast_cfg.min_images_per_cell) == (40, 10)
+        # one level coarser than the finest, some cell would hold too many
+        coarser = pd.Series(cells_of(images["lat"], images["lon"], cfg.finest_resolution - 1))
+        assert coarser.value_counts().max() > cfg.max_images_per_cell
+    coast_cfg, coast_cells = found["coast"]
+    assert limits(coast_cfg) == (6, 7, 40, 10)         # 2 sqrt(400) = 40
     assert 10 <= len(coast_cells) < 100
-    france_cfg, france_cells, _ = found["france"]
+    france_cfg, france_cells = found["france"]
+    assert limits(france_cfg) == (4, 8, 633, 159)      # 2 sqrt(100k) = 632.5
     assert 100 <= len(france_cells) < 1000
     assert france_cfg.min_images_per_cell >= 150          # the roadmap's gate per cell
-    assert france_cfg.finest_resolution > coast_cfg.coarsest_resolution - 3
     assert not [r for r in caplog.records if "stops them from splitting" in r.getMessage()]
+
+
+def test_auto_coarsest_is_the_finest_that_drops_at_most_one_percent(coast_and_france):
+    """The documented rule: the coarsest resolution is the finest one at which cells too small
+    to keep drop at most 1% of the photos. On the coast, roots at resolution 7 would drop 23%
+    of them; at 6 only the four photos of one lonely panorama go, exactly 1%: the bound is
+    inclusive."""
+    coast, cfg = coast_and_france["coast"]
+    _, _, dropped = build_index(coast, cfg)
+    assert cfg.coarsest_resolution == 6 and dropped["small_cells"] == 4 == 0.01 * len(coast)
+    for finer in range(cfg.coarsest_resolution + 1, cfg.finest_resolution + 1):
+        assert dropped_with_roots_at(coast, cfg, finer) > 0.01 * len(coast)
+
+
+def test_auto_coarsest_stops_four_levels_above_the_finest_even_if_that_drops_more(
+        coast_and_france, caplog):
+    """The fallback: roots are at most four levels above the finest resolution (a root up to
+    7^4 times a finest cell). When no resolution in that span drops at most 1%, the coarsest
+    is finest - 4, the span's least dropping one, and more than 1% is dropped. France is that
+    case: at finest 8, its sparse outskirts lose 3.6% with roots at 4, while roots at 2, six
+    levels up, would keep 99%: the span, not the data, sets the coarsest."""
+    france, cfg = coast_and_france["france"]
+    assert (cfg.coarsest_resolution, cfg.finest_resolution) == (4, 8)
+    drops = {r: dropped_with_roots_at(france, cfg, r) for r in range(4, 9)}
+    # every level of the span drops more than 1%, the coarsest allowed least
+    assert min(drops.values()) == drops[4] == 3645 > 0.01 * len(france)
+    assert dropped_with_roots_at(france, cfg, 2) <= 0.01 * len(france)
+    # and the user is told, once, what it drops
+    with caplog.at_level(logging.WARNING):
+        resolve_index(AUTO, france["lat"], france["lon"])
+        resolve_index(AUTO, *coast_and_france["coast"][0][["lat", "lon"]].T.to_numpy())
+    (warning,) = [r.getMessage() for r in caplog.records if "coarsest_resolution" in r.msg]
+    assert "auto is 4, 4 levels above the finest (8): 3645 of the 100000 photos (3.6%)" in (
+        warning)
 
 
 def test_a_cell_too_full_at_the_finest_resolution_is_named_in_a_warning(caplog):
@@ -204,8 +261,13 @@ def test_adaptive_cells_respect_limits_and_agree_with_h3(images, coarsest, depth
                     max_images_per_cell=max(most, least), min_images_per_cell=least)
     try:
         labelled, cells, dropped = build_index(images, cfg)
-    except GeolocError:
-        return  # nothing reached the minimum
+    except GeolocError as err:
+        # The one documented refusal, and only when it is due: no root holds the minimum.
+        if not str(err).startswith(f"no cell holds {least} images (index.min_images_per_cell)"):
+            raise
+        roots = pd.Series(cells_of(images["lat"], images["lon"], coarsest)).value_counts()
+        assert roots.max() < least
+        return
     assert len(labelled) + dropped["small_cells"] == len(images)
     kept = set(cells["cell"])
     for row in cells.itertuples():
@@ -337,6 +399,48 @@ def test_a_drive_uploaded_in_parts_is_one_twin_group():
                                 "g": "g"}
 
 
+def sequence_ends(images: pd.DataFrame) -> dict:
+    """Each sequence's creator, and the time and place of its first and last frame."""
+    ordered = images.sort_values(["captured_at", "image_id"])
+    ends = ordered.groupby("sequence_id").agg(
+        creator=("creator", "first"), start=("captured_at", "first"),
+        end=("captured_at", "last"), lat0=("lat", "first"), lon0=("lon", "first"),
+        lat1=("lat", "last"), lon1=("lon", "last"))
+    return {row.Index: row for row in ends.itertuples()}
+
+
+def goes_on(before, after, max_gap_s: float, max_gap_m: float) -> bool:
+    """Whether `after` goes on from `before` as twin_groups reads it: one known creator, and
+    `after`'s first frame is within max_gap_s (earlier or later) of `before`'s last and within
+    max_gap_m of where it was taken, both bounds included."""
+    return (pd.notna(before.creator) and before.creator == after.creator
+            and abs(after.start - before.end) <= max_gap_s * 1000
+            and haversine_km(before.lat1, before.lon1, after.lat0, after.lon0) * 1000
+            <= max_gap_m)
+
+
+def in_twin_groups_order(a, b) -> tuple:
+    """The pair as twin_groups takes it, by start then end: the first one's end counts."""
+    return tuple(sorted((a, b), key=lambda s: (s.start, s.end)))
+
+
+@pytest.mark.parametrize("after_s", [60, -60])
+def test_twins_compare_one_drives_end_with_the_next_ones_start_bounds_included(after_s):
+    """b starts exactly a minute after (or before: clocks differ) a's last frame and 33 m from
+    it: twins at a gap of 60 s and exactly that distance, not a hair under either. a is a
+    78 s drive of 430 m, so comparing starts, or ends, would not join them."""
+    t, lat, lon = 1_600_000_000_000, 45.0, 5.0
+    a = drive("a", "ann", t, lat, lon, frames=40)
+    a_end = a.iloc[-1]
+    b = drive("b", "ann", a_end["captured_at"] + 1000 * after_s, a_end["lat"] + 3e-4, lon)
+    images = pd.concat([a, b])
+    gap_m = float(haversine_km(a_end["lat"], a_end["lon"], *b.iloc[0][["lat", "lon"]])) * 1000
+    assert 30 < gap_m < 35
+    assert twin_groups(images, 60, gap_m).to_dict() == {"a": "a", "b": "a"}
+    for max_gap_s, max_gap_m in ((np.nextafter(60, 0), gap_m), (60, np.nextafter(gap_m, 0))):
+        assert twin_groups(images, max_gap_s, max_gap_m).to_dict() == {"a": "a", "b": "b"}
+
+
 @st.composite
 def manifests(draw) -> pd.DataFrame:
     """Random drives by a few creators, close in time and space, so that twins happen."""
@@ -360,10 +464,33 @@ def test_no_sequence_or_twin_group_crosses_splits(images, seed):
     assert (per_sequence == 1).all()
     per_group = images.assign(split=split, group=images["sequence_id"].map(groups))
     assert (per_group.groupby("group")["split"].nunique() == 1).all()
-    # Twins really are merged: same creator, end and start within a minute and 50 m.
-    for sequence, group in groups.items():
-        if sequence != group:
-            assert images.loc[images["sequence_id"] == sequence, "creator"].iloc[0] is not None
+    # Twins really are merged, and only they: a group, named after its first sequence, is the
+    # sequences linked by a chain of one going on from another (a minute and 50 m, one creator;
+    # of two with the same start and end, either may go first).
+    ends = sequence_ends(images)
+
+    def linked(a, b) -> bool:
+        first, second = in_twin_groups_order(a, b)
+        return goes_on(first, second, 60, 50) or (
+            (a.start, a.end) == (b.start, b.end) and goes_on(second, first, 60, 50))
+
+    for group, members in groups.groupby(groups):
+        assert group == min(members.index)
+        reached, todo = {group}, [group]
+        while todo:
+            here = ends[todo.pop()]
+            for other in set(members.index) - reached:
+                if linked(here, ends[other]):
+                    reached.add(other)
+                    todo.append(other)
+        assert reached == set(members.index), group
+    # Conversely a sequence going on from another is in its group; a tie in both times leaves
+    # the order to twin_groups, so such a pair must be merged only if it goes on either way.
+    for a, b in itertools.combinations(ends.values(), 2):
+        first, second = in_twin_groups_order(a, b)
+        tie = (a.start, a.end) == (b.start, b.end)
+        if goes_on(first, second, 60, 50) and (not tie or goes_on(second, first, 60, 50)):
+            assert groups[a.Index] == groups[b.Index], (a.Index, b.Index)
 
 
 def test_one_image_per_sequence_in_val_and_test():

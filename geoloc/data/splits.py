@@ -43,9 +43,10 @@ TEST_SEQUENCES_HEADER = """\
 
 def twin_groups(images: pd.DataFrame, max_gap_s: float, max_gap_m: float) -> pd.Series:
     """Group id (its first sequence id) for each sequence: a drive uploaded as several
-    sequences is one group. Two sequences are twins when they share a creator and one starts
-    within max_gap_s and max_gap_m of where and when the other ended, or when they hold views
-    of one place (one view group: a rig whose cameras upload a sequence each)."""
+    sequences is one group. Two sequences are twins when they share a creator and the one that
+    starts later (of two starting together: ends later) starts within max_gap_s and max_gap_m
+    of where and when the other ended, bounds included, or when they hold views of one place
+    (one view group: a rig whose cameras upload a sequence each)."""
     ordered = images.sort_values(["sequence_id", "captured_at", "image_id"])
     ends = ordered.groupby("sequence_id").agg(
         creator=("creator", "first"), start=("captured_at", "first"),
