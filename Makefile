@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # Stage commands in dvc.yaml run `python`: make it the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv install browser demo test bench mutate scale screenshot lint
+.PHONY: venv install browser demo test bench mutate scale screenshot lint docs
 
 venv: install
 
@@ -60,3 +60,8 @@ screenshot: install
 
 lint: install
 	$(VENV)/bin/ruff check geoloc stages tests bench
+
+# The manual (docs/, mkdocs.yml) as a site in site/; --strict fails on any warning: a broken
+# link or anchor, a page left out of the nav. tests/test_docs.py runs the same build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
