@@ -427,3 +427,94 @@ def test_auto_chooses_on_held_out_photos_and_never_on_test():
     assert bare.mode != "retrieval"
     assert not any(name.startswith("retrieval") for name in
                    bare.metrics["choice"]["held_out_medians_km"])
+
+
+# --- the scores themselves (geoloc.metrics), each against a direct computation -----------
+
+
+def test_distance_metrics_of_known_errors():
+    """101 errors of 0 to 100 km: the median, the percentiles, and each threshold counted
+    inclusively (an error of exactly 1 km is within 1 km)."""
+    errors = np.arange(101, dtype=np.float64)
+    figures = metrics.distance_metrics(errors)
+    assert set(figures) == {"median_km", "mean_km", "p90_km", "p95_km", "within_0_5km",
+                            "within_1km", "within_5km", "within_25km", "within_100km",
+                            "far_200km", "far_500km", "geoscore"}
+    assert (figures["median_km"], figures["mean_km"]) == (50, 50)
+    assert (figures["p90_km"], figures["p95_km"]) == (90, 95)
+    assert figures["within_0_5km"] == pytest.approx(1 / 101)       # only the 0
+    assert figures["within_1km"] == pytest.approx(2 / 101)
+    assert figures["within_100km"] == 1.0
+    assert metrics.distance_metrics([0.5, 200, 500, 501])["within_0_5km"] == 0.25
+    assert metrics.distance_metrics([0.5, 200, 500, 501])["far_200km"] == 0.5
+    assert figures["geoscore"] == pytest.approx(
+        np.mean(5000 * np.exp(-errors / metrics.GEOSCORE_KM)))
+
+
+def test_distance_metrics_score_one_error_refuse_none_and_work_in_float64():
+    assert metrics.distance_metrics([3.0])["median_km"] == 3.0
+    with pytest.raises(ValueError, match="^no predictions to score$"):
+        metrics.distance_metrics([])
+    # float32 errors (a model's) are summed in float64: 1e8 + 3 x 1 is not 1e8 there
+    errors = np.array([1e8, 1, 1, 1], dtype=np.float32)
+    assert metrics.distance_metrics(errors)["mean_km"] == 25_000_000.75
+
+
+def test_topk_accuracy_counts_the_label_among_the_k_highest_logits():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(500, 12))
+    labels = rng.integers(0, 12, 500)
+    ranks = (logits > logits[np.arange(500), labels][:, None]).sum(axis=1)   # 0: the highest
+    for k in (1, 3, 12, 20):
+        assert metrics.topk_accuracy(logits, labels, k) == pytest.approx(np.mean(ranks < k))
+    assert 0 < metrics.topk_accuracy(logits, labels, 3) < 1
+
+
+def reference_interval(errors, sequences, samples: int, q: float, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """The percentile bootstrap over whole sequences, by repetition: every resample draws the
+    sequences with one multinomial call, each photo is repeated as often as its sequence was
+    drawn, and np.percentile takes the q-th percentile of that."""
+    codes, _ = pd.factorize(np.asarray(sequences))
+    drives = codes.max() + 1
+    draws = np.random.default_rng(seed).multinomial(drives, np.full(drives, 1 / drives),
+                                                    size=samples)
+    values = [np.percentile(np.repeat(np.asarray(errors, np.float64), counts[codes]), q)
+              for counts in draws]
+    low, high = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def test_bootstrap_intervals_resample_whole_sequences():
+    """The interval is the reference computation's, for the median by default and for the
+    90th percentile, at 95% by default and at another level; float32 errors are taken in
+    float64."""
+    rng = np.random.default_rng(1)
+    sequences = np.repeat([f"s{i}" for i in range(30)], rng.integers(1, 6, 30))
+    errors = rng.lognormal(0, 1, len(sequences)).astype(np.float32)
+    assert metrics.bootstrap_ci(errors, sequences, 300) == pytest.approx(
+        reference_interval(errors, sequences, 300, 50), rel=1e-12)
+    assert metrics.bootstrap_ci(errors, sequences, 300, q=90, seed=3, level=0.8) == (
+        pytest.approx(reference_interval(errors, sequences, 300, 90, 3, 0.8), rel=1e-12))
+
+
+def test_drive_draws_come_in_chunks_that_add_up_to_every_resample():
+    """100,001 photos: 119 resamples a chunk, three chunks for 300. Together they are the
+    resamples of one multinomial call, each photo counted as its drive was drawn."""
+    codes = np.arange(100_001) % 7
+    chunks = list(metrics.drive_draws(codes, 300, seed=0))
+    assert [len(c) for c in chunks] == [119, 119, 62]
+    draws = np.random.default_rng(0).multinomial(7, np.full(7, 1 / 7), size=300)
+    assert np.array_equal(np.concatenate(chunks), draws[:, codes])
+
+
+def test_calibration_bins_are_tenths_and_a_certain_answer_is_in_the_last():
+    confidence = np.array([0.0, 0.05, 0.55, 0.999, 1.0])
+    table = metrics.calibration_table(confidence, np.array([0, 1, 1, 1, 0]),
+                                      np.array([9.0, 1.0, 2.0, 3.0, 4.0]))
+    assert table["bin_low"].tolist() == [0.0, 0.5, 0.9]
+    assert table["images"].tolist() == [2, 1, 2]
+    assert table["accuracy"].tolist() == [0.5, 1.0, 0.5]
+    assert table["median_km"].tolist() == [5.0, 2.0, 3.5]
+    assert metrics.expected_calibration_error(table) == pytest.approx(
+        (2 * abs(0.025 - 0.5) + abs(0.55 - 1) + 2 * abs(0.9995 - 0.5)) / 5)

@@ -1,3 +1,4 @@
+import hashlib
 import itertools
 import logging
 import shutil
@@ -648,3 +649,72 @@ def test_the_index_stage_refuses_bad_coordinates_and_writes_nothing(tmp_path):
     assert "2 manifest rows have missing or invalid coordinates" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["cities.csv", "raw"]
+
+
+# --- the cell table's parts: hierarchy, neighbours, the cap, the stage's files ---------------
+
+
+def test_hierarchy_levels_group_classes_by_their_ancestors():
+    """Two res-6 classes under one res-5 parent, one under another, and a res-5 class: at 5
+    the first two share a group and the others are groups of their own; a level where every
+    class is alone is left out."""
+    from geoloc.data.cells import hierarchy_levels
+
+    parent = h3.latlng_to_cell(45.0, 5.0, 5)
+    near, coarse = sorted(h3.grid_ring(parent, 1))[:2]
+    a, b = sorted(h3.cell_to_children(parent, 6))[:2]
+    other = sorted(h3.cell_to_children(near, 6))[0]
+    table = pd.DataFrame({"cell": [a, b, other, coarse], "resolution": [6, 6, 6, 5],
+                          "parents": [[parent], [parent], [near], []]})
+    levels = hierarchy_levels(table)
+    assert list(levels) == [5] and levels[5].dtype == np.int64
+    assert levels[5][0] == levels[5][1] and len(set(levels[5][1:])) == 3
+    assert hierarchy_levels(table.iloc[[0, 2, 3]].reset_index(drop=True)) == {}
+
+
+def test_neighbour_edges_are_each_touching_pair_once_in_label_order():
+    from geoloc.data.cells import neighbour_edges
+
+    table = pd.DataFrame({"label": [0, 1, 2, 3], "neighbours": [[2, 1], [0], [0, 3], [2]]})
+    edges = neighbour_edges(table)
+    assert edges.tolist() == [[0, 1], [0, 2], [2, 3]] and edges.dtype == np.int64
+    assert neighbour_edges(table.assign(neighbours=[[]] * 4)).shape == (0, 2)
+
+
+def test_the_cap_takes_one_photo_of_every_sequence_before_a_second_of_any():
+    """Cell A: sequences of 5, 2 and 1 photos, cap 4: one of each, then a second of one; the
+    sample does not move when another cell's photos are added, or the rows are shuffled."""
+    from geoloc.data.cells import cap_per_cell, stable_hash
+
+    sequences = ["s1"] * 5 + ["s2"] * 2 + ["s3"]
+    images = pd.DataFrame({"image_id": [f"i{n}" for n in range(8)], "sequence_id": sequences,
+                           "cell": "A"})
+    capped = cap_per_cell(images, 4)
+    assert len(capped) == 4 and set(capped["sequence_id"]) == {"s1", "s2", "s3"}
+    # the second one is the first by hash of s1 or s2, whichever hashes lower
+    firsts = {s: min(images.loc[images["sequence_id"] == s, "image_id"], key=stable_hash)
+              for s in ("s1", "s2", "s3")}
+    assert set(firsts.values()) <= set(capped["image_id"])
+    seconds = [sorted(images.loc[images["sequence_id"] == s, "image_id"], key=stable_hash)[1]
+               for s in ("s1", "s2")]
+    assert set(capped["image_id"]) - set(firsts.values()) == {min(seconds, key=stable_hash)}
+    more = pd.concat([images, images.assign(cell="B", image_id=images["image_id"] + "b",
+                                            sequence_id=images["sequence_id"] + "b")])
+    assert set(cap_per_cell(more.sample(frac=1, random_state=0), 4).query("cell == 'A'")[
+        "image_id"]) == set(capped["image_id"])
+    assert len(cap_per_cell(more, 4)) == 8 and len(cap_per_cell(images, 20)) == 8
+    # the same in every process: the first 8 bytes of SHA-256, little-endian
+    assert stable_hash("i0") == int.from_bytes(hashlib.sha256(b"i0").digest()[:8], "little")
+
+
+def test_the_index_files_round_trip_and_a_missing_one_is_named(tmp_path):
+    from geoloc.data.cells import load_index, write_index
+
+    images, cells, _ = build_index(fake_images(sequences=12), index_cfg(min_images_per_cell=5))
+    write_index(images, cells, tmp_path)
+    loaded_images, loaded_cells = load_index(tmp_path)
+    pd.testing.assert_frame_equal(loaded_images, images)
+    assert loaded_cells["cell"].tolist() == cells["cell"].tolist()
+    (tmp_path / "cells.parquet").unlink()
+    with pytest.raises(GeolocError, match="cells.parquet not found: run the index stage"):
+        load_index(tmp_path)
