@@ -10,10 +10,16 @@ surviving mutant would otherwise run them all.
 
     python bench/mutation.py                          # every module, about an hour on 2 cores
     python bench/mutation.py --modules geo losses     # some; their entries are replaced
+    python bench/mutation.py --retest                 # after adding tests: the survivors only
+
+--retest re-runs only the mutants the last run of a module left uncaught, against the tests as
+they are now: the mutants are the same as long as the module is (where it changed, the module
+runs in full).
 
 Per module: mutants, killed, timeout (a mutant that makes the tests loop: caught), survived,
 no_tests (a line no selected test runs), score (killed and timeout over mutants), the survivors
-listed as equivalent and those left unexplained, and the seconds it took.
+listed as equivalent and those left unexplained, and the seconds the full run took (and the
+last --retest, retest_seconds).
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ def main() -> None:
     parser.add_argument("--modules", nargs="+", choices=sorted(MODULES), default=list(MODULES))
     parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "mutation.json")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--retest", action="store_true",
+                        help="re-run only the mutants the last run left uncaught")
     args = parser.parse_args()
 
     equivalent = equivalent_mutants(EQUIVALENT.read_text(encoding="utf-8"))
@@ -60,7 +68,8 @@ def main() -> None:
     for name in args.modules:
         path, tests = MODULES[name]
         print(f"{path}: mutating, against {' '.join(tests)}", flush=True)
-        results[name] = run_module(name, path, tests, args.workers, equivalent)
+        results[name] = run_module(name, path, tests, args.workers, equivalent,
+                                   results.get(name) if args.retest else None)
         print(f"{path}: {summary(results[name])}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         partial = args.out.with_suffix(".json.partial")
@@ -69,25 +78,34 @@ def main() -> None:
 
 
 def run_module(name: str, path: str, tests: list[str], workers: int,
-               equivalent: dict[str, str]) -> dict:
-    """Mutate one module in a fresh copy of the repository and count what its tests caught."""
+               equivalent: dict[str, str], last: dict | None) -> dict:
+    """Mutate one module in a fresh copy of the repository and count what its tests caught;
+    with the `last` result of a run whose copy is still there and whose module is unchanged,
+    re-run only the mutants it left uncaught."""
     work = WORK / name
-    shutil.rmtree(work, ignore_errors=True)
+    retest = (last is not None and (work / path).exists()
+              and (work / path).read_bytes() == (ROOT / path).read_bytes())
+    if not retest:
+        shutil.rmtree(work, ignore_errors=True)
     copy_repository(work)
     write_config(work / "pyproject.toml", path, tests)
     mutmut = Path(sys.executable).with_name("mutmut")
+    again = last["equivalent"] + last["unexplained"] if retest else []
     started = time.monotonic()
     with open(work / "mutmut.log", "w") as log:
         # mutmut's exit status says nothing of the score; its log has what went wrong
-        run = subprocess.run([str(mutmut), "run", "--max-children", str(workers)], cwd=work,
-                             stdout=log, stderr=subprocess.STDOUT)
+        run = subprocess.run([str(mutmut), "run", "--max-children", str(workers), *again],
+                             cwd=work, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.monotonic() - started
     listed = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=work,
                             capture_output=True, text=True).stdout
     statuses = parse_results(listed)
     if run.returncode != 0 or not statuses:
         raise SystemExit(f"{path}: mutmut failed (exit {run.returncode}); see {work}/mutmut.log")
-    return tally(statuses, equivalent, seconds)
+    result = tally(statuses, equivalent, seconds)
+    if retest:   # `seconds` stays the full run's
+        result |= {"seconds": last["seconds"], "retest_seconds": round(seconds)}
+    return result
 
 
 def copy_repository(work: Path) -> None:

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -183,8 +184,10 @@ def test_auto_coarsest_stops_four_levels_above_the_finest_even_if_that_drops_mor
         resolve_index(AUTO, france["lat"], france["lon"])
         resolve_index(AUTO, *coast_and_france["coast"][0][["lat", "lon"]].T.to_numpy())
     (warning,) = [r.getMessage() for r in caplog.records if "coarsest_resolution" in r.msg]
-    assert "auto is 4, 4 levels above the finest (8): 3645 of the 100000 photos (3.6%)" in (
-        warning)
+    assert warning == (
+        "index.coarsest_resolution auto is 4, 4 levels above the finest (8): 3645 of the "
+        "100000 photos (3.6%) lie in cells under index.min_images_per_cell even there and are "
+        "dropped; set index.coarsest_resolution lower to keep them in larger cells")
 
 
 def test_a_cell_too_full_at_the_finest_resolution_is_named_in_a_warning(caplog):
@@ -718,3 +721,81 @@ def test_the_index_files_round_trip_and_a_missing_one_is_named(tmp_path):
     (tmp_path / "cells.parquet").unlink()
     with pytest.raises(GeolocError, match="cells.parquet not found: run the index stage"):
         load_index(tmp_path)
+
+
+def spot(lat: float, lon: float, n: int) -> pd.DataFrame:
+    return positions(np.full(n, lat), np.full(n, lon))
+
+
+def first_apart(a: tuple, b: tuple) -> int | None:
+    """The coarsest resolution at which two points' finest auto cells have different
+    ancestors (an H3 cell's children do not tile it exactly: the ancestors are what auto
+    counts); None if they share their finest cell."""
+    from geoloc.data.cells import AUTO_FINEST
+
+    fine = [h3.latlng_to_cell(*point, AUTO_FINEST) for point in (a, b)]
+    return next((r for r in range(AUTO_FINEST + 1)
+                 if h3.cell_to_parent(fine[0], r) != h3.cell_to_parent(fine[1], r)), None)
+
+
+def test_auto_limits_at_the_edges():
+    """A handful of photos: at most 8 and at least 2 per cell; a given minimum sets the
+    maximum's floor at four times it; photos never spread enough stop at the finest auto
+    resolution; a cell holding exactly the maximum fits; a given coarsest is a floor for the
+    finest; photos a continent apart go to resolution 0."""
+    from geoloc.data.cells import AUTO_FINEST
+
+    four = spot(45.0, 5.0, 4)
+    assert limits(resolve_index(AUTO, four["lat"], four["lon"]))[2:] == (8, 2)
+    coast = positions(44.7 + np.linspace(0, 0.1, 400), np.full(400, -1.2))
+    given = resolve_index(replace(AUTO, min_images_per_cell=50), coast["lat"], coast["lon"])
+    assert (given.max_images_per_cell, given.min_images_per_cell) == (200, 50)
+    crowd = spot(45.0, 5.0, 16)
+    fixed = replace(AUTO, max_images_per_cell=8, min_images_per_cell=2)
+    assert resolve_index(fixed, crowd["lat"], crowd["lon"]).finest_resolution == AUTO_FINEST
+    # two spots of 8 at max 8: the finest is where they part, and no finer
+    b = (45.0, 5.0 + 0.3 / 78.7)        # 300 m east
+    pair = pd.concat([spot(45.0, 5.0, 8), spot(*b, 8)])
+    assert resolve_index(fixed, pair["lat"], pair["lon"]).finest_resolution == first_apart(
+        (45.0, 5.0), b)
+    floor = resolve_index(replace(AUTO, coarsest_resolution=9), pair["lat"], pair["lon"])
+    assert (floor.coarsest_resolution, floor.finest_resolution) == (9, 9)
+    # the last two auto resolutions are tried too: spots ~30 m apart part at 10 or 11
+    close = next(d for d in np.arange(5, 200, 1.0)
+                 if first_apart((45.0, 5.0), (45.0, 5.0 + d / 78_700)) == AUTO_FINEST - 1)
+    near = pd.concat([spot(45.0, 5.0, 8), spot(45.0, 5.0 + close / 78_700, 8)])
+    assert resolve_index(fixed, near["lat"], near["lon"]).finest_resolution == AUTO_FINEST - 1
+    world = positions(np.array([48.9, -33.9, 40.7, 35.7, -22.9, 55.8, 1.3, 64.1]),
+                      np.array([2.4, 18.4, -74.0, 139.7, -43.2, 37.6, 103.8, -21.9]))
+    assert limits(resolve_index(AUTO, world["lat"], world["lon"]))[:2] == (0, 0)
+
+
+def test_resolved_limits_that_contradict_each_other_are_refused_by_name():
+    with pytest.raises(GeolocError, match=r"^index\.coarsest_resolution \(9\) is finer than "
+                                          r"index\.finest_resolution \(5\)"):
+        resolve_index(index_cfg(coarsest_resolution=9, finest_resolution=5), [45.0], [5.0])
+
+
+def test_data_stats_describe_the_index_in_full():
+    """metrics/data.json's figures, every key, for a small index: 3 cells of 2, 3 and 5
+    images; dropped counts as given; each cell's centre is its H3 centre."""
+    images, cells, _ = build_index(fake_images(sequences=12), index_cfg(min_images_per_cell=5))
+    assert (cells[["center_lat", "center_lon"]].to_numpy() == [
+        h3.cell_to_latlng(c) for c in cells["cell"]]).all()
+    small = pd.DataFrame({"sequence_id": ["a", "a", "b", "c", "c", "c", "d", "d", "e", "e"],
+                          "city": ["X"] * 4 + ["Y"] * 6, "batch": ["b1"] * 9 + ["b2"]})
+    table = pd.DataFrame({"n_images": [2, 3, 5], "resolution": [5, 6, 6]})
+    cfg = index_cfg()
+    stats = data_stats(small, table, {"small_cells": 4, "cap": 1}, cfg)
+    assert stats == {
+        "index": dataclasses.asdict(cfg), "images": 10, "images_dropped_small_cells": 4,
+        "images_dropped_cap": 1, "sequences": 5, "cities": 2, "batches": 2, "cells": 3,
+        "cells_per_resolution": {"5": 1, "6": 2},
+        "images_per_cell": {"min": 2, "median": 3.0, "max": 5},
+        "cell_imbalance": imbalance([2, 3, 5]),
+        "images_per_city": {"X": 4, "Y": 6}, "images_per_batch": {"b1": 9, "b2": 1}}
+
+
+def test_imbalance_of_one_cell_and_of_an_empty_one():
+    assert imbalance([7]) == {"gini": 0.0, "normalised_entropy": 1.0}
+    assert imbalance([0, 5, 5])["normalised_entropy"] == pytest.approx(np.log(2) / np.log(3))
