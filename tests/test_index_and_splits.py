@@ -10,6 +10,7 @@ from dataclasses import replace
 import h3
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import ROOT, params_with, tiny_params
@@ -29,7 +30,7 @@ from geoloc.data.splits import (
     write_splits,
 )
 from geoloc.errors import GeolocError
-from geoloc.geo import cells_of, haversine_km, pairwise_km
+from geoloc.geo import cells_of, haversine_km, nearest_km, pairwise_km
 from geoloc.params import IndexParams
 
 SPLIT = tiny_params().split
@@ -528,6 +529,12 @@ def test_the_spatial_protocol_keeps_test_places_unseen():
     assert audit["shared_blocks"] == 0 and audit["shared_sequences"] == 0
     assert audit["nearest_train_km"]["test"]["median"] == pytest.approx(
         np.median(distances["spatial"]), rel=1e-6)
+    # with a fixed test split, each protocol's test set is those sequences' photos
+    fixed = frozenset(sorted(images["sequence_id"].unique())[:3])
+    frames, _, _ = make_splits(images, cells, cfg, fixed)
+    assert distances_by_protocol(images, cells, cfg, fixed)["sequence"] == pytest.approx(
+        nearest_km(frames["test"]["lat"], frames["test"]["lon"], frames["train"]["lat"],
+                   frames["train"]["lon"]))
 
 
 def frozen_test(small: pd.DataFrame, cfg, tmp_path) -> tuple[frozenset[str], set[str]]:
@@ -577,7 +584,13 @@ def test_a_frozen_test_split_of_other_data_is_refused_or_named(tmp_path, caplog)
     path = tmp_path / "test_sequences.txt"
     path.write_text("# a comment\n\nst00-1\nst99-9  # gone\n")
     assert read_test_sequences(path, images) == {"st00-1", "st99-9"}
-    assert "1 of the 2 sequences" in caplog.text and "st99-9" in caplog.text
+    assert caplog.messages[-1] == (f"1 of the 2 sequences in {path} are not in the data "
+                                   "(st99-9...): the fixed test split holds the other 1")
+    path.write_text("st00-1\n" + "".join(f"gone-{i}\n" for i in range(5)))
+    read_test_sequences(path, images)
+    assert caplog.messages[-1] == (f"5 of the 6 sequences in {path} are not in the data "
+                                   "(gone-0, gone-1, gone-2...): the fixed test split holds "
+                                   "the other 1")
     path.write_text("# nothing listed\n")
     assert read_test_sequences(path, images) == frozenset()
     path.write_text("elsewhere-1\n")
@@ -799,3 +812,63 @@ def test_data_stats_describe_the_index_in_full():
 def test_imbalance_of_one_cell_and_of_an_empty_one():
     assert imbalance([7]) == {"gini": 0.0, "normalised_entropy": 1.0}
     assert imbalance([0, 5, 5])["normalised_entropy"] == pytest.approx(np.log(2) / np.log(3))
+
+
+def test_a_groups_home_is_its_fullest_block_and_ties_go_to_the_smallest_id():
+    from geoloc.data.splits import home_blocks
+
+    group = pd.Series(["g", "g", "g", "h", "h", "k"], index=[10, 11, 12, 13, 14, 15])
+    blocks = pd.Series(["b2", "b1", "b2", "b3", "b1", "b0"], index=group.index)
+    assert home_blocks(group, blocks).to_dict() == {10: "b2", 11: "b2", 12: "b2", 13: "b1",
+                                                    14: "b1", 15: "b0"}
+
+
+def test_a_block_goes_where_its_groups_go_or_else_where_most_of_its_photos_are():
+    """b1 is home to unit u1 (in val): val. b2 is home to none: most of its photos are in
+    test. A tie goes to the first split by name."""
+    from geoloc.data.splits import block_splits, blocks_of
+
+    blocks = pd.Series(["b1", "b1", "b2", "b2", "b2", "b3", "b3"], index=list("abcdefg"))
+    units = pd.Series(["b1", "b1", "x", "y", "z", "v", "w"], index=blocks.index)
+    split = pd.Series(["val", "train", "test", "test", "train", "val", "train"],
+                      index=blocks.index)
+    assert block_splits(blocks, units, split).to_dict() == {
+        "a": "val", "b": "val", "c": "test", "d": "test", "e": "test", "f": "train",
+        "g": "train"}
+    images = positions(np.array([45.0, 45.1]), np.array([5.0, 5.1])).set_index(
+        pd.Index([7, 9]))
+    assert blocks_of(images, 9).index.tolist() == [7, 9]
+
+
+def test_the_splits_files_round_trip_and_a_missing_one_is_named(tmp_path):
+    from geoloc.data.splits import load_cells, load_split
+
+    images, cells, _ = build_index(fake_images(sequences=12), index_cfg(min_images_per_cell=5))
+    frames, split_cells, _ = make_splits(images, cells, SPLIT)
+    write_splits(frames, split_cells, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cells.parquet", "test.parquet", "train.parquet", "val.parquet"]
+    for name, rows in frames.items():
+        pd.testing.assert_frame_equal(load_split(tmp_path, name), rows)
+        # the rows alone: no index column beside them
+        assert pq.read_schema(tmp_path / f"{name}.parquet").names == list(rows.columns)
+    assert pq.read_schema(tmp_path / "cells.parquet").names == list(split_cells.columns)
+    pd.testing.assert_frame_equal(load_cells(tmp_path), split_cells.reset_index(drop=True))
+    for name, load in (("val.parquet", lambda: load_split(tmp_path, "val")),
+                       ("cells.parquet", lambda: load_cells(tmp_path))):
+        (tmp_path / name).unlink()
+        with pytest.raises(GeolocError, match=f"^{tmp_path / name} not found: run the split "
+                                              "stage$"):
+            load()
+
+
+def test_the_audit_counts_every_reason_a_photo_was_dropped():
+    """Each reason, per split, zero where nothing was dropped for it."""
+    images, cells, _ = build_index(fake_images(sequences=12), index_cfg(min_images_per_cell=5))
+    _, _, audit = make_splits(images, cells, SPLIT)
+    none = dict.fromkeys(SPLITS, 0)
+    assert audit["images_dropped"] == {"outside_block": none, "one_per_sequence": none,
+                                       "beside_the_fixed_test": none}
+    _, _, audit = make_splits(images, cells, replace(SPLIT, one_image_per_sequence=True))
+    assert audit["images_dropped"]["one_per_sequence"]["train"] == 0
+    assert audit["images_dropped"]["one_per_sequence"]["test"] > 0
