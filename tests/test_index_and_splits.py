@@ -872,3 +872,21 @@ def test_the_audit_counts_every_reason_a_photo_was_dropped():
     _, _, audit = make_splits(images, cells, replace(SPLIT, one_image_per_sequence=True))
     assert audit["images_dropped"]["one_per_sequence"]["train"] == 0
     assert audit["images_dropped"]["one_per_sequence"]["test"] > 0
+
+
+def test_the_fallback_warns_only_when_it_drops_more_than_one_percent(caplog):
+    """Finest 5, minimum 60: drives of 50 and 49 photos in one resolution-1 cell but two
+    resolution-2 cells, and one photo far away. Roots at 2 to 5 drop everything; at 1,
+    four levels up, the two drives make one cell and only the lone photo goes: exactly 1%,
+    which the rule allows, so there is nothing to warn about."""
+    a = (45.0, 5.0)
+    parents = [h3.cell_to_parent(h3.latlng_to_cell(*a, 5), r) for r in (1, 2)]
+    b = next(p for p in ((45.0 + k / 10, 5.0) for k in range(1, 200))
+             if [h3.cell_to_parent(h3.latlng_to_cell(*p, 5), r) for r in (1, 2)][0] ==
+             parents[0] and h3.cell_to_parent(h3.latlng_to_cell(*p, 5), 2) != parents[1])
+    photos = pd.concat([spot(*a, 50), spot(*b, 49), spot(-33.9, 18.4, 1)])
+    cfg = index_cfg(coarsest_resolution="auto", finest_resolution=5, max_images_per_cell=200,
+                    min_images_per_cell=60)
+    with caplog.at_level(logging.WARNING):
+        assert resolve_index(cfg, photos["lat"], photos["lon"]).coarsest_resolution == 1
+    assert not [r for r in caplog.records if "coarsest_resolution" in r.getMessage()]

@@ -18,7 +18,6 @@ four levels above the finest (a cell up to 7^4 times the area of the finest ones
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import logging
 import math
@@ -64,22 +63,20 @@ def resolve_index(cfg: IndexParams, lat, lon) -> IndexParams:
         limits = dataclasses.replace(cfg, finest_resolution=finest,
                                      max_images_per_cell=max_images,
                                      min_images_per_cell=min_images)
-
-        @functools.cache
         def dropped(roots: int) -> int:
             return _grow_cells(fine, dataclasses.replace(limits, coarsest_resolution=roots))[2]
 
         lowest = max(finest - AUTO_SPAN, 0)
-        coarsest = next((r for r in range(finest, lowest - 1, -1)
-                         if dropped(r) <= MAX_DROPPED * n), None)
+        coarsest = next((r for r in range(finest, lowest, -1) if dropped(r) <= MAX_DROPPED * n),
+                        None)
         if coarsest is None:
-            coarsest = lowest
-            log.warning("index.coarsest_resolution auto is %d, %d levels above the finest "
-                        "(%d): %d of the %d photos (%.1f%%) lie in cells under "
-                        "index.min_images_per_cell even there and are dropped; set "
-                        "index.coarsest_resolution lower to keep them in larger cells",
-                        coarsest, finest - coarsest, finest, dropped(coarsest), n,
-                        100 * dropped(coarsest) / n)
+            coarsest, lost = lowest, dropped(lowest)
+            if lost > MAX_DROPPED * n:
+                log.warning("index.coarsest_resolution auto is %d, %d levels above the finest "
+                            "(%d): %d of the %d photos (%.1f%%) lie in cells under "
+                            "index.min_images_per_cell even there and are dropped; set "
+                            "index.coarsest_resolution lower to keep them in larger cells",
+                            coarsest, AUTO_SPAN, finest, lost, n, 100 * lost / n)
     resolved = dataclasses.replace(cfg, coarsest_resolution=coarsest, finest_resolution=finest,
                                    max_images_per_cell=max_images, min_images_per_cell=min_images)
     resolved.check("index")
