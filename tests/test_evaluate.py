@@ -518,3 +518,133 @@ def test_calibration_bins_are_tenths_and_a_certain_answer_is_in_the_last():
     assert table["median_km"].tolist() == [5.0, 2.0, 3.5]
     assert metrics.expected_calibration_error(table) == pytest.approx(
         (2 * abs(0.025 - 0.5) + abs(0.55 - 1) + 2 * abs(0.9995 - 0.5)) / 5)
+
+
+# --- the Recipe and the modes' edges ---------------------------------------------------------
+
+
+def test_a_recipe_offers_the_modes_its_outputs_allow():
+    cells = cell_table([PARIS, MARSEILLE])
+    logits, offsets, features = np.zeros((1, 2)), np.zeros((1, 2, 2)), np.zeros((1, 4))
+    plain = inference.Recipe(cells, top_k=2)
+    assert "hybrid" in plain.modes(Outputs(None, logits, offsets))
+    assert "hybrid" not in plain.modes(Outputs(None, logits))
+    # retrieval needs both the index and the features
+    assert "retrieval" not in plain.modes(Outputs(None, logits, features=features))
+    _, index, _, _ = places_world()
+    searching = inference.Recipe(cells, top_k=2, index=index)
+    assert "retrieval" not in searching.modes(Outputs(None, logits))
+    assert {"retrieval", "place"} <= set(searching.modes(Outputs(None, logits,
+                                                                 features=features)))
+
+
+def test_a_recipe_searches_with_its_settings_or_those_given():
+    from geoloc.retrieval import retrieval_points
+
+    cells, index, photos, _ = places_world()
+    outputs = photos(12)
+    recipe = inference.Recipe(cells, top_k=2, index=index, neighbours=1, within_top_cells=0)
+    log_probs = recipe.log_probs(outputs)
+    for settings in ((1, 0), (5, 2)):
+        expected = retrieval_points(index, outputs.features, log_probs, *settings)
+        given = recipe.points("retrieval", outputs, *settings)
+        assert all(np.array_equal(a, b) for a, b in zip(given, expected, strict=True))
+    assert not np.array_equal(recipe.points("retrieval", outputs, 5, 2)[1],
+                              recipe.points("retrieval", outputs)[1])
+
+
+def test_a_recipe_moves_the_hybrid_point_by_the_outputs_offsets():
+    cells = cell_table([PARIS, MARSEILLE])
+    offsets = np.zeros((1, 2, 2))
+    offsets[0, 1] = [3.0, 4.0]
+    outputs = Outputs(None, np.log(np.array([[0.2, 0.8]])), offsets)
+    _, lat, lon = inference.Recipe(cells, top_k=2).points("hybrid", outputs)
+    assert geo.haversine_km(*MARSEILLE, lat[0], lon[0]) == pytest.approx(5.0, rel=1e-3)
+
+
+def test_online_probabilities_grow_with_the_frames_seen():
+    """sequence_online: a frame's probabilities are those of the frames up to it, under the
+    sequence temperature; sequence: every frame has the whole drive's."""
+    cells = cell_table([PARIS, MARSEILLE])
+    rows = pd.DataFrame({"sequence_id": ["s"] * 3, "captured_at": [1, 2, 3],
+                         "image_id": list("abc")})
+    log_probs = logs([0.6, 0.4], [0.3, 0.7], [0.2, 0.8])
+    recipe = inference.Recipe(cells, top_k=2, sequence_temperature=2.0)
+    outputs = Outputs(rows, log_probs)
+
+    def softmax(x):
+        return np.exp(x - np.logaddexp.reduce(x, axis=1, keepdims=True))
+
+    online = recipe.probabilities("sequence_online", outputs)
+    assert online == pytest.approx(softmax(np.cumsum(log_probs, axis=0) / 2.0))
+    whole = recipe.probabilities("sequence", outputs)
+    assert whole == pytest.approx(softmax(np.repeat(log_probs.sum(axis=0, keepdims=True), 3,
+                                                    axis=0) / 2.0))
+
+
+def test_flat_logits_fit_the_search_bound():
+    """Logits that say nothing: the likelihood keeps rising with T, and the search stops
+    within its last step (0.1% in T) of its bound, 1000."""
+    assert 999 < inference.fit_temperature(np.zeros((50, 4)) + np.arange(4),
+                                           np.arange(50) % 4) < 1000
+
+
+def test_modes_that_cannot_answer_say_why():
+    cells = cell_table([PARIS, MARSEILLE])
+    rows = pd.DataFrame(index=range(1))
+    with pytest.raises(GeolocError, match="^evaluate.mode: hybrid needs a model trained with "
+                                          "model.hybrid$"):
+        inference.mode_points("hybrid", logs([0.5, 0.5]), None, cells, rows, 5)
+    with pytest.raises(GeolocError, match="^the retrieval mode needs the features and their "
+                                          "index: Recipe.points makes its points$"):
+        inference.mode_points("retrieval", logs([0.5, 0.5]), None, cells, rows, 5)
+
+
+def test_topk_weighs_distances_by_probability():
+    """A at 0 km (0.6), B at 10 km and C at 11 km (0.2 each): A's expected distance to the
+    others is 4.2 km, B's 6.2: A, though B is nearer the middle of the three."""
+    a = (45.0, 5.0)
+    b, c = (45.0 + 10 / 111.2, 5.0), (45.0 + 11 / 111.2, 5.0)
+    cells = cell_table([a, b, c])
+    label, _, _ = inference.mode_points("topk", logs([0.6, 0.2, 0.2]), None, cells,
+                                        pd.DataFrame(index=range(1)), 3)
+    assert label.tolist() == [0]
+
+
+def test_hierarchical_keeps_only_the_chosen_parents_cells_at_every_level():
+    """Two levels: the coarse parent holding 0.6 wins; inside it, at the next level, the
+    group holding 0.4 wins over 0.2, even though the other coarse parent's classes (0.1 in
+    all) would be one group of their own there."""
+    levels = {4: np.array([0, 0, 0, 1, 1, 1]), 5: np.array([0, 0, 1, 2, 2, 3])}
+    probs = np.array([[0.05, 0.05, 0.30, 0.2, 0.2, 0.2]])
+    assert inference.hierarchical_labels(np.log(probs), levels).tolist() == [3]
+
+
+def test_photos_without_a_sequence_or_a_time_are_their_own():
+    """A local folder's photo may have no sequence: it is a sequence of its own; two photos of
+    one sequence without a time are two places, with one time one place."""
+    rows = pd.DataFrame({"sequence_id": [None, None, "s", "s", "s"],
+                         "captured_at": [5, 5, 0, 0, 9],
+                         "image_id": ["a", "b", "c", "d", "e"]})
+    places = inference.view_places(rows)
+    assert len(set(places)) == 5
+    log_probs = logs([0.9, 0.1], [0.1, 0.9], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5])
+    evidence = inference.sequence_evidence(log_probs, rows, online=False)
+    assert evidence[0] == pytest.approx(log_probs[0]) and evidence[1] == pytest.approx(
+        log_probs[1])
+    timed = rows.assign(sequence_id="s", captured_at=[5, 5, 5, 0, 9])
+    assert len(set(inference.view_places(timed))) == 3
+
+
+def test_errors_km_measure_the_models_own_point():
+    """What early stopping watches: the argmax cell's point, or with offsets the hybrid
+    point."""
+    cells = cell_table([PARIS, MARSEILLE])
+    rows = pd.DataFrame({"lat": [PARIS[0] + 0.1, MARSEILLE[0]], "lon": [PARIS[1], MARSEILLE[1]]})
+    logits = np.array([[2.0, 0.0], [3.0, 0.0]])
+    assert inference.errors_km(logits, None, cells, rows) == pytest.approx(
+        [geo.haversine_km(*PARIS, PARIS[0] + 0.1, PARIS[1]),
+         geo.haversine_km(*PARIS, *MARSEILLE)])
+    offsets = np.zeros((2, 2, 2))
+    offsets[0, 0] = [0.0, 0.1 * 111.195]
+    assert inference.errors_km(logits, offsets, cells, rows)[0] == pytest.approx(0, abs=1e-3)
