@@ -146,3 +146,17 @@ def test_mean_points_weigh_unit_vectors_and_cross_the_antimeridian():
                                  np.array([0.0, 3.0, 90.0, 10.0]), groups)
     assert lat == pytest.approx([45.0, 0.0, -89.0]) and lon == pytest.approx([3.0, 45.0, 10.0])
     assert group_mean_points([90.0], [0.0], np.array([0]))[0] == pytest.approx([90.0])
+
+
+def test_offsets_and_shift_compute_in_float64_whatever_the_input():
+    """float32 positions and offsets (a model's outputs) give float64 answers: a point 1 m
+    from its origin is 1 m, not float32's rounding of the degrees."""
+    lat0, lon0 = np.float32(48.8566), np.float32(2.3522)
+    east, north = offsets_km(lat0 + np.float32(1e-5), lon0, lat0, lon0)
+    assert north.dtype == np.float64
+    assert north == pytest.approx(EARTH_RADIUS_KM * np.radians(
+        np.float64(lat0 + np.float32(1e-5)) - np.float64(lat0)), rel=1e-12)
+    lat, lon = shift_km(lat0, lon0, np.float32(0.001), np.float32(0.001))
+    assert lat.dtype == lon.dtype == np.float64
+    assert lat - np.float64(lat0) == pytest.approx(np.degrees(0.001 / EARTH_RADIUS_KM),
+                                                   rel=1e-6)
