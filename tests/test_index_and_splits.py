@@ -696,7 +696,8 @@ def test_neighbour_edges_are_each_touching_pair_once_in_label_order():
     table = pd.DataFrame({"label": [0, 1, 2, 3], "neighbours": [[2, 1], [0], [0, 3], [2]]})
     edges = neighbour_edges(table)
     assert edges.tolist() == [[0, 1], [0, 2], [2, 3]] and edges.dtype == np.int64
-    assert neighbour_edges(table.assign(neighbours=[[]] * 4)).shape == (0, 2)
+    none = neighbour_edges(table.assign(neighbours=[[]] * 4))
+    assert none.shape == (0, 2) and none.dtype == np.int64
 
 
 def test_the_cap_takes_one_photo_of_every_sequence_before_a_second_of_any():
@@ -730,6 +731,9 @@ def test_the_index_files_round_trip_and_a_missing_one_is_named(tmp_path):
 
     images, cells, _ = build_index(fake_images(sequences=12), index_cfg(min_images_per_cell=5))
     write_index(images, cells, tmp_path)
+    # the rows alone: no index column beside them
+    assert pq.read_schema(tmp_path / "images.parquet").names == list(images.columns)
+    assert pq.read_schema(tmp_path / "cells.parquet").names == list(cells.columns)
     loaded_images, loaded_cells = load_index(tmp_path)
     pd.testing.assert_frame_equal(loaded_images, images)
     assert loaded_cells["cell"].tolist() == cells["cell"].tolist()
