@@ -539,10 +539,18 @@ def test_a_recipe_offers_the_modes_its_outputs_allow():
 
 
 def test_a_recipe_searches_with_its_settings_or_those_given():
+    """Training photos spread around their places, so that the number of neighbours moves
+    the medoid."""
     from geoloc.retrieval import retrieval_points
 
-    cells, index, photos, _ = places_world()
+    cells, _, photos, rng = places_world()
+    directions = rng.normal(0, 1, (3, 32))
+    labels = np.repeat(np.arange(3), 20)
+    index = RetrievalIndex.build(directions[labels] * 3 + rng.normal(0, 1, (60, 32)),
+                                 cells["lat"].to_numpy()[labels] + rng.normal(0, 0.05, 60),
+                                 cells["lon"].to_numpy()[labels], labels, dims=8)
     outputs = photos(12)
+    outputs.features = directions[outputs.rows["label"]] * 3 + rng.normal(0, 1, (12, 32))
     recipe = inference.Recipe(cells, top_k=2, index=index, neighbours=1, within_top_cells=0)
     log_probs = recipe.log_probs(outputs)
     for settings in ((1, 0), (5, 2)):
@@ -648,3 +656,11 @@ def test_errors_km_measure_the_models_own_point():
     offsets = np.zeros((2, 2, 2))
     offsets[0, 0] = [0.0, 0.1 * 111.195]
     assert inference.errors_km(logits, offsets, cells, rows)[0] == pytest.approx(0, abs=1e-3)
+
+
+def test_log_softmax_is_stable_for_large_and_far_apart_logits():
+    """Each row shifted by its own largest logit: logits of 1000 do not overflow, and a row far
+    below another does not underflow to log 0."""
+    logits = np.array([[1000.0, 999.0], [0.0, -1.0]])
+    expected = np.log([1 / (1 + np.exp(-1)), np.exp(-1) / (1 + np.exp(-1))])
+    assert inference.log_softmax(logits) == pytest.approx(np.stack([expected, expected]))
