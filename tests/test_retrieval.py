@@ -165,3 +165,100 @@ def test_the_views_of_a_place_answered_together_beat_each_view_alone():
     photo_km = haversine_km(truth_lat, truth_lon, rlat, rlon)
     assert (place_km < 0.1).mean() > 0.95 > 0.5 > (photo_km < 0.1).mean()
     assert (plat.reshape(60, 4) == plat[::4, None]).all()   # one answer per place
+
+
+def brute_force_search(index, queries, k: int, cells=None):
+    """(ids, similarities) of the k most similar training photos, among those of each query's
+    cells, padded with -1 and -inf: the search by hand."""
+    vectors = index.vectors.astype(np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids, sims = np.full((len(queries), k), -1), np.full((len(queries), k), -np.inf)
+    for q, query in enumerate(index.project(queries)):
+        allowed = (np.arange(len(vectors)) if cells is None
+                   else np.flatnonzero(np.isin(index.label, cells[q])))
+        similarity = vectors[allowed] @ query
+        best = np.argsort(-similarity, kind="stable")[:k]
+        ids[q, :len(best)], sims[q, :len(best)] = allowed[best], similarity[best]
+    return ids, sims
+
+
+def test_a_search_among_cells_pads_what_they_lack():
+    """Cells holding 3, 1 and no photos, 3 neighbours asked for: each query gets what its
+    cells hold, most similar first, then -1 with similarity -inf."""
+    features, lat, lon, _, directions = photos(n_per_place=2)
+    label = np.array([0, 0, 0, 1, 3, 3])          # cell 2 holds no photo
+    index = RetrievalIndex.build(features, lat, lon, label, dims=8)
+    queries = directions[[0, 1, 2, 0]] * 3
+    cells = np.array([[0], [1], [2], [1]])
+    found, similarity = index.search(index.project(queries), 3, cells)
+    ids, sims = brute_force_search(index, queries, 3, cells)
+    assert found.tolist() == ids.tolist() and found.dtype == np.int64
+    assert similarity == pytest.approx(sims, abs=1e-3) and similarity.dtype == np.float32
+    assert found[2].tolist() == [-1, -1, -1] and np.isneginf(similarity[2]).all()
+    assert found[1].tolist() == [3, -1, -1]
+    # two cells: their photos together, the best first
+    found, similarity = index.search(index.project(queries[:1]), 4, np.array([[3, 0]]))
+    ids, sims = brute_force_search(index, queries[:1], 4, np.array([[3, 0]]))
+    assert found.tolist() == ids.tolist()
+
+
+def test_within_the_top_cell_skips_cells_without_photos():
+    """The likeliest cell holds no training photo (nor does the last): the likeliest that holds
+    some answers; with within_top_cells 1, only that one."""
+    features, lat, lon, _, directions = photos(n_per_place=4)
+    label = np.repeat([0, 1, 3], 4)               # cell 2 holds none
+    index = RetrievalIndex.build(features, lat, lon, label, dims=8)
+    query = directions[[0]] * 3                   # looks like cell 0's photos
+    log_probs = np.log([[0.1, 0.2, 0.5, 0.1, 0.1]])   # cell 2 likeliest, then 1; 4 holds none
+    cell, qlat, _ = retrieval_points(index, query, log_probs, neighbours=1, within_top_cells=1)
+    ids, _ = brute_force_search(index, query, 1, np.array([[1]]))
+    assert cell.tolist() == [1] and qlat[0] == lat[ids[0, 0]]
+    assert retrieval_points(index, query, log_probs, 1, 0)[0].tolist() == [0]
+
+
+def test_the_medoid_weighs_each_neighbour_by_its_similarity():
+    """Neighbours 0, 1 and 3 km along a meridian with similarities 0.9, 0.05 and 0.8: the
+    first costs 0.05 x 1 + 0.8 x 3 = 2.45 km, the second 0.9 x 1 + 0.8 x 2 = 2.5 km; counted
+    alike, the second would win. A negative similarity weighs nothing, and a missing
+    neighbour (-1) neither costs nor counts."""
+    km = 1 / 111.195
+    lat = 45.0 + np.array([0.0, 1.0, 3.0, 50.0]) * km
+    index = RetrievalIndex(np.zeros(2, np.float32), np.eye(2, dtype=np.float32),
+                           np.zeros((4, 2), np.float16), lat, np.full(4, 5.0),
+                           np.zeros(4, np.int64), np.arange(4))
+    found = np.array([[0, 1, 2], [0, 1, 2], [0, 1, -1], [3, 1, 0]])
+    similarity = np.array([[0.9, 0.05, 0.8], [0.9, -0.5, 0.8], [0.9, 0.8, -np.inf],
+                           [0.05, 0.05, 0.05]], dtype=np.float32)
+    assert _medoids(index, found, similarity).tolist() == [0, 0, 0, 1]
+    with pytest.raises(GeolocError, match=r"^retrieval: a query found no training photo \(an "
+                                          r"empty cell index\)$"):
+        _medoids(index, np.array([[-1, -1]]), np.full((1, 2), -np.inf, np.float32))
+
+
+def test_queries_are_answered_a_chunk_at_a_time_as_all_at_once(monkeypatch):
+    features, lat, lon, label, directions = photos()
+    index = RetrievalIndex.build(features, lat, lon, label, dims=16)
+    rng = np.random.default_rng(2)
+    queries = directions[rng.integers(0, 3, 10)] * 3 + rng.normal(0, 2, (10, 64))
+    whole = retrieval_points(index, queries, None, 5, 0)
+    monkeypatch.setattr("geoloc.retrieval.CHUNK", 3)
+    assert all(np.array_equal(a, b) for a, b in zip(
+        retrieval_points(index, queries, None, 5, 0), whole, strict=True))
+
+
+def test_an_index_needs_photos_and_loads_no_pickles(tmp_path):
+    features, lat, lon, label, _ = photos(n_per_place=1)
+    with pytest.raises(GeolocError, match="^retrieval: no training photo has features$"):
+        RetrievalIndex.build(features[:0], lat[:0], lon[:0], label[:0], dims=4)
+    one = RetrievalIndex.build(features[:1], lat[:1], lon[:1], label[:1], dims=4)
+    assert one.vectors.shape == (1, 1)
+    index = RetrievalIndex.build(features, lat, lon, label, dims=2)
+    arrays = {name: getattr(index, name) for name in ("mean", "components", "vectors", "lat",
+                                                      "lon", "label")}
+    np.savez(tmp_path / "pickled.npz", **arrays, place=np.array(["a", None, "c"], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        RetrievalIndex.load(tmp_path / "pickled.npz")
+    del arrays["lat"]
+    np.savez(tmp_path / "old.npz", **arrays)
+    with pytest.raises(GeolocError, match="old.npz lacks lat, place: it was written by an"):
+        RetrievalIndex.load(tmp_path / "old.npz")
