@@ -878,6 +878,18 @@ def test_the_audit_counts_every_reason_a_photo_was_dropped():
     _, _, audit = make_splits(images, cells, replace(SPLIT, one_image_per_sequence=True))
     assert audit["images_dropped"]["one_per_sequence"]["train"] == 0
     assert audit["images_dropped"]["one_per_sequence"]["test"] > 0
+    frames, split_cells, audit = make_splits(images, cells, replace(SPLIT, protocol="spatial"))
+    assert set(audit["images_dropped"]) == {"outside_block", "one_per_sequence",
+                                            "beside_the_fixed_test"}
+    # each split's rows: the index's columns and the unit (as text), numbered from 0
+    for rows in frames.values():
+        assert rows.columns.tolist() == [*images.columns, "unit"]
+        assert rows.index.equals(pd.RangeIndex(len(rows)))
+        assert rows["unit"].map(type).eq(str).all()
+    unseen = split_cells.loc[split_cells["n_train"] == 0, "label"]
+    assert audit["cells_without_train_images"] == len(unseen)
+    assert audit["images_in_cells_without_train_images"] == {
+        name: int(rows["label"].isin(unseen).sum()) for name, rows in frames.items()}
 
 
 def test_the_fallback_warns_only_when_it_drops_more_than_one_percent(caplog):
@@ -896,3 +908,60 @@ def test_the_fallback_warns_only_when_it_drops_more_than_one_percent(caplog):
     with caplog.at_level(logging.WARNING):
         assert resolve_index(cfg, photos["lat"], photos["lon"]).coarsest_resolution == 1
     assert not [r for r in caplog.records if "coarsest_resolution" in r.getMessage()]
+
+
+def test_the_split_audit_in_full():
+    """Every figure of metrics/split.json's audit, from the splits themselves: counts per
+    split, twin groups of more than one sequence, what each pair of splits shares (train and
+    test, val and test), and the nearest train photo of val and test (None for an empty
+    split)."""
+    from geoloc.data.splits import split_audit
+
+    def frame(ids, lat):
+        return pd.DataFrame({"sequence_id": ids, "lat": lat, "lon": 5.0})
+
+    frames = {"train": frame(["a", "a", "b"], [45.0, 45.0, 45.1]),
+              "val": frame(["c", "d"], [45.2, 45.3]), "test": frame(["b", "d"], [45.1, 45.3])}
+    groups = pd.Series({"a": "a", "b": "a", "c": "c", "d": "d"})
+    audit = split_audit(frames, groups, 9)
+    assert audit == {
+        "images": {"train": 3, "val": 2, "test": 2},
+        "sequences": {"train": 2, "val": 2, "test": 2},
+        "shared_sequences": 2, "twin_groups": 1, "shared_twin_groups": 2, "shared_blocks": 2,
+        "nearest_train_km": {
+            "val": {"min": pytest.approx(11.12, abs=0.01), "median": pytest.approx(16.68,
+                                                                                   abs=0.01)},
+            "test": {"min": 0.0, "median": pytest.approx(11.12, abs=0.01)}}}
+    empty = split_audit({**frames, "val": frame([], [])}, groups, 9)
+    assert empty["nearest_train_km"]["val"] == {"min": None, "median": None}
+
+
+def test_the_class_tables_points_are_the_train_photos_mean_or_the_centre():
+    from geoloc.data.splits import with_points
+
+    cells = pd.DataFrame({"label": [0, 1], "center_lat": [45.0, 46.0],
+                          "center_lon": [5.0, 6.0], "lat": [0.0, 0.0], "lon": [0.0, 0.0],
+                          "n_train": [9, 9]})
+    train = pd.DataFrame({"label": [0, 0], "lat": [45.1, 45.3], "lon": [5.1, 5.3]})
+    table = with_points(cells, train)
+    assert table.columns.tolist() == ["label", "center_lat", "center_lon", "lat", "lon",
+                                      "n_train"]
+    assert table["lat"].tolist() == pytest.approx([45.2, 46.0])
+    assert table["lon"].tolist() == pytest.approx([5.2, 6.0])
+    assert table["n_train"].tolist() == [2, 0] and table["n_train"].dtype == np.int64
+
+
+def test_auto_blocks_warn_from_resolution_nine_with_their_area(caplog):
+    from geoloc.data.splits import resolve_block_resolution
+
+    with caplog.at_level(logging.WARNING):
+        assert resolve_block_resolution("auto", pd.DataFrame({"resolution": [7]})) == 8
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        assert resolve_block_resolution("auto", pd.DataFrame({"resolution": [8]})) == 9
+    (warning,) = caplog.messages
+    assert warning == (
+        "split.block_resolution auto is 9, one finer than the finest cell: blocks of about "
+        f"{h3.average_hexagon_area(9, 'km^2'):.3g} km2, so under the spatial protocol photos "
+        "tens of metres apart may go to different splits; set it (e.g. to 8) if that protocol "
+        "matters")
