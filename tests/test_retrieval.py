@@ -196,6 +196,10 @@ def test_a_search_among_cells_pads_what_they_lack():
     assert similarity == pytest.approx(sims, abs=1e-3) and similarity.dtype == np.float32
     assert found[2].tolist() == [-1, -1, -1] and np.isneginf(similarity[2]).all()
     assert found[1].tolist() == [3, -1, -1]
+    # among all photos, more neighbours than photos: the rest is -1 and -inf as well
+    found, similarity = index.search(index.project(queries[:1]), 8)
+    assert (found[0, 6:] == -1).all() and np.isneginf(similarity[0, 6:]).all()
+    assert (found[0, :6] >= 0).all() and np.isfinite(similarity[0, :6]).all()
     # two cells: their photos together, the best first
     found, similarity = index.search(index.project(queries[:1]), 4, np.array([[3, 0]]))
     ids, sims = brute_force_search(index, queries[:1], 4, np.array([[3, 0]]))
