@@ -189,6 +189,23 @@ def wide_retrieval_snapshot(retrieval_snapshot, tmp_path_factory) -> Path:
     return out
 
 
+def brute_force_search(index, queries, k: int, cells=None):
+    """(ids, similarities) of the k most similar training photos, among those of each query's
+    cells, padded with -1 and -inf: the search by hand."""
+    import numpy as np
+
+    vectors = index.vectors.astype(np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids, sims = np.full((len(queries), k), -1), np.full((len(queries), k), -np.inf)
+    for q, query in enumerate(index.project(queries)):
+        allowed = (np.arange(len(vectors)) if cells is None
+                   else np.flatnonzero(np.isin(index.label, cells[q])))
+        similarity = vectors[allowed] @ query
+        best = np.argsort(-similarity, kind="stable")[:k]
+        ids[q, :len(best)], sims[q, :len(best)] = allowed[best], similarity[best]
+    return ids, sims
+
+
 def expected_retrieval(snapshot: Path, photos: list, neighbours: int, within_top_cells: int):
     """(lat, lon) per photo as retrieval defines it, computed here by brute force: the training
     photos of the `within_top_cells` likeliest cells that hold any (0: all), the `neighbours`
@@ -202,16 +219,16 @@ def expected_retrieval(snapshot: Path, photos: list, neighbours: int, within_top
 
     outputs = Predictor(snapshot).outputs(photos, features=True)
     index = RetrievalIndex.load(snapshot / RETRIEVAL_INDEX)
-    vectors = index.vectors.astype(np.float64)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    held = np.unique(index.label)
+    cells = None
+    if within_top_cells:
+        cells = np.stack([held[np.argsort(-logits[held], kind="stable")][:within_top_cells]
+                          for logits in outputs.logits])
     answers = []
-    for logits, query in zip(outputs.logits, index.project(outputs.features), strict=True):
-        held = np.unique(index.label)
-        cells = held[np.argsort(-logits[held], kind="stable")][:within_top_cells or None]
-        candidates = np.flatnonzero(np.isin(index.label, cells))
-        similarity = vectors[candidates] @ query
-        order = np.argsort(-similarity, kind="stable")[:neighbours]
-        found, weights = candidates[order], np.clip(similarity[order], 0, None) + 1e-6
+    for found, similarity in zip(*brute_force_search(index, outputs.features, neighbours, cells),
+                                 strict=True):
+        found, similarity = found[found >= 0], similarity[found >= 0]
+        weights = np.clip(similarity, 0, None) + 1e-6
         km = haversine_km(index.lat[found][:, None], index.lon[found][:, None],
                           index.lat[found][None, :], index.lon[found][None, :])
         best = found[(km * weights[None, :]).sum(axis=1).argmin()]

@@ -3,6 +3,7 @@ training photos or among those of the top cells, the medoid of the neighbours' p
 
 import numpy as np
 import pytest
+from conftest import brute_force_search
 
 from geoloc.errors import GeolocError
 from geoloc.geo import haversine_km
@@ -165,21 +166,6 @@ def test_the_views_of_a_place_answered_together_beat_each_view_alone():
     photo_km = haversine_km(truth_lat, truth_lon, rlat, rlon)
     assert (place_km < 0.1).mean() > 0.95 > 0.5 > (photo_km < 0.1).mean()
     assert (plat.reshape(60, 4) == plat[::4, None]).all()   # one answer per place
-
-
-def brute_force_search(index, queries, k: int, cells=None):
-    """(ids, similarities) of the k most similar training photos, among those of each query's
-    cells, padded with -1 and -inf: the search by hand."""
-    vectors = index.vectors.astype(np.float64)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ids, sims = np.full((len(queries), k), -1), np.full((len(queries), k), -np.inf)
-    for q, query in enumerate(index.project(queries)):
-        allowed = (np.arange(len(vectors)) if cells is None
-                   else np.flatnonzero(np.isin(index.label, cells[q])))
-        similarity = vectors[allowed] @ query
-        best = np.argsort(-similarity, kind="stable")[:k]
-        ids[q, :len(best)], sims[q, :len(best)] = allowed[best], similarity[best]
-    return ids, sims
 
 
 def test_a_search_among_cells_pads_what_they_lack():
