@@ -18,6 +18,7 @@ import test_own_photos
 import test_promise
 import yaml
 from conftest import ROOT
+from test_dvc_deps import leaves
 
 README_MAX_LINES = 250
 # What `make docs` runs (test_make_docs_is_this_build checks the Makefile), here into a folder
@@ -93,14 +94,6 @@ def section(markdown: str, heading: str) -> str:
     return rest[:end.start()] if end else rest
 
 
-def flat_keys(raw: dict, prefix: str = "") -> set[str]:
-    keys = set()
-    for name, value in raw.items():
-        keys |= flat_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else \
-            {f"{prefix}{name}"}
-    return keys
-
-
 def test_make_docs_is_this_build():
     assert any(argv[-3].endswith("mkdocs") and argv[-2:] == BUILD
                for argv in map(shlex.split, makefile_recipe("docs")))
@@ -136,7 +129,7 @@ def test_the_params_page_lists_every_key_of_params_yaml(site):
     html = (site / "params/index.html").read_text()
     listed = re.findall(r"<tr>\s*<td><code>([^<]+)</code></td>", html)
     assert len(listed) == len(set(listed))
-    assert set(listed) == flat_keys(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert set(listed) == leaves(yaml.safe_load((ROOT / "params.yaml").read_text()))
 
 
 def test_the_stage_graph_has_every_stage_of_dvc_yaml(site):
