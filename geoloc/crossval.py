@@ -22,7 +22,7 @@ from geoloc.errors import GeolocError
 from geoloc.evaluate import fit_temperatures, nearest_photo_km
 from geoloc.geo import haversine_km, mean_point
 from geoloc.inference import Outputs, Recipe, view_places
-from geoloc.metrics import bootstrap_ci, distance_metrics, drive_draws, weighted_percentiles
+from geoloc.metrics import bootstrap_ci, distance_metrics, paired_figures
 from geoloc.models import GeoNet, build_model
 from geoloc.outputs import split_outputs
 from geoloc.params import Params
@@ -79,26 +79,6 @@ def drive_folds(cities: pd.Series, units: pd.Series, folds: int, seed: int) -> n
             fold_of_unit[name] = fold
             filled[fold] += sizes[name]
     return frame["unit"].map(fold_of_unit).to_numpy(dtype=np.int64)
-
-
-def paired_difference_ci(errors_km: np.ndarray, reference_km: np.ndarray, drives,
-                         samples: int, q: float = 50, seed: int = 0,
-                         level: float = 0.95) -> tuple[float, float, float]:
-    """(difference, low, high): the q-th percentile of `errors_km` minus that of
-    `reference_km` (the same photos answered two ways), with a percentile bootstrap interval
-    that draws whole drives, the same drives for both answers. An interval that spans zero is
-    no difference."""
-    errors_km = np.asarray(errors_km, dtype=np.float64)
-    reference_km = np.asarray(reference_km, dtype=np.float64)
-    codes, _ = pd.factorize(np.asarray(drives))
-    by_error, by_reference = (np.argsort(errors_km, kind="stable"),
-                              np.argsort(reference_km, kind="stable"))
-    differences = [weighted_percentiles(errors_km[by_error], counts[:, by_error], q)
-                   - weighted_percentiles(reference_km[by_reference], counts[:, by_reference], q)
-                   for counts in drive_draws(codes, samples, seed)]
-    low, high = np.percentile(np.concatenate(differences), [50 * (1 - level), 50 * (1 + level)])
-    difference = float(np.percentile(errors_km, q) - np.percentile(reference_km, q))
-    return difference, float(low), float(high)
 
 
 @dataclass
@@ -191,24 +171,19 @@ def crossval_metrics(result: CrossValidation, samples: int) -> dict:
 
     def figures(km: np.ndarray) -> dict:
         low, high = bootstrap_ci(km, drives, samples)
-        difference, d_low, d_high = paired_difference_ci(km, reference, drives, samples)
         return {**{k: v for k, v in distance_metrics(km).items()
                    if k in ("median_km", "p90_km", "p95_km", "within_1km", "far_200km",
                             "far_500km")},
                 "median_km_ci_low": low, "median_km_ci_high": high,
-                "vs_nearest_photo_km": difference, "vs_nearest_photo_km_ci_low": d_low,
-                "vs_nearest_photo_km_ci_high": d_high}
+                **paired_figures(km, {"nearest_photo": reference}, drives, samples)}
 
     answers = {answer.name: figures(result.errors[answer.name]) for answer in result.answers}
     # The views of a place answered together against each view alone, at the same settings.
     for answer in result.answers:
         if answer.mode == "place":
-            photo = replace(answer, mode="retrieval").name
-            difference, low, high = paired_difference_ci(
-                result.errors[answer.name], result.errors[photo], drives, samples)
-            answers[answer.name] |= {"vs_retrieval_km": difference,
-                                     "vs_retrieval_km_ci_low": low,
-                                     "vs_retrieval_km_ci_high": high}
+            photo = result.errors[replace(answer, mode="retrieval").name]
+            answers[answer.name] |= paired_figures(result.errors[answer.name],
+                                                   {"retrieval": photo}, drives, samples)
     chosen = choose(result.answers, {name: f["median_km"] for name, f in answers.items()})
     return {"folds": int(result.rows["fold"].max()) + 1, "photos": len(result.rows),
             "drives": int(result.rows["unit"].nunique()),

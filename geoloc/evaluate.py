@@ -25,6 +25,7 @@ from geoloc.metrics import (
     calibration_table,
     distance_metrics,
     expected_calibration_error,
+    paired_figures,
     sequence_median_km,
     topk_accuracy,
 )
@@ -99,6 +100,8 @@ def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
                                              sequence_probs.argmax(axis=1) == labels,
                                              errors["sequence"])
     mode_figures = {mode: figures(errors[mode], guesses[mode][0], rows, cfg.bootstrap_samples)
+                    | paired_figures(errors[mode], comparisons(mode, errors, references),
+                                     sequences(rows), cfg.bootstrap_samples)
                     for mode in modes}
     headline = mode_figures[cfg.mode]
     metrics = {
@@ -165,16 +168,34 @@ def figures(errors_km: np.ndarray, labels: np.ndarray, rows: pd.DataFrame,
     """The distance figures of one set of predictions, with the 95% intervals of the median
     and the p90 (resampling sequences), the median per sequence and, where every point is a
     cell's, the share of images put in their true cell."""
-    sequences = rows["sequence_id"].fillna(rows["image_id"]).to_numpy()
     intervals = {}
     for name, q in (("median_km", 50), ("p90_km", 90)):
-        low, high = bootstrap_ci(errors_km, sequences, bootstrap_samples, q)
+        low, high = bootstrap_ci(errors_km, sequences(rows), bootstrap_samples, q)
         intervals |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
     out = {"images": len(rows), **distance_metrics(errors_km), **intervals,
-           "sequence_median_km": sequence_median_km(errors_km, sequences)}
+           "sequence_median_km": sequence_median_km(errors_km, sequences(rows))}
     if (labels >= 0).all():
         out["accuracy"] = float(np.mean(labels == rows["label"].to_numpy()))
     return out
+
+
+def comparisons(mode: str, errors: dict[str, np.ndarray],
+                references: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The answers a mode's test errors are read against, paired photo by photo: the
+    classifier's argmax, the nearest photo (where there is an index) and, for place, the photo
+    retrieval whose views it answers together."""
+    against = {"argmax": errors["argmax"]}
+    if "nearest_photo_km" in references:
+        against["nearest_photo"] = references["nearest_photo_km"]
+    if mode == "place":
+        against["retrieval"] = errors["retrieval"]
+    return {name: km for name, km in against.items() if name != mode}
+
+
+def sequences(rows: pd.DataFrame) -> np.ndarray:
+    """Each photo's sequence, the unit the test intervals resample (a photo without one is a
+    sequence of its own)."""
+    return rows["sequence_id"].fillna(rows["image_id"]).to_numpy()
 
 
 def nearest_photo_km(index: RetrievalIndex, features: np.ndarray,

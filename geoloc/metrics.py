@@ -73,6 +73,39 @@ def bootstrap_ci(errors_km: np.ndarray, sequences, samples: int, q: float = 50, 
     return float(low), float(high)
 
 
+def paired_difference_ci(errors_km: np.ndarray, reference_km: np.ndarray, drives,
+                         samples: int, q: float = 50, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float, float]:
+    """(difference, low, high): the q-th percentile of `errors_km` minus that of
+    `reference_km` (the same photos answered two ways), with a percentile bootstrap interval
+    that draws whole drives, the same drives for both answers. An interval that spans zero is
+    no difference."""
+    errors_km = np.asarray(errors_km, dtype=np.float64)
+    reference_km = np.asarray(reference_km, dtype=np.float64)
+    codes, _ = pd.factorize(np.asarray(drives))
+    by_error, by_reference = (np.argsort(errors_km, kind="stable"),
+                              np.argsort(reference_km, kind="stable"))
+    differences = [weighted_percentiles(errors_km[by_error], counts[:, by_error], q)
+                   - weighted_percentiles(reference_km[by_reference], counts[:, by_reference], q)
+                   for counts in drive_draws(codes, samples, seed)]
+    low, high = np.percentile(np.concatenate(differences), [50 * (1 - level), 50 * (1 + level)])
+    difference = float(np.percentile(errors_km, q) - np.percentile(reference_km, q))
+    return difference, float(low), float(high)
+
+
+def paired_figures(errors_km: np.ndarray, against: dict[str, np.ndarray], drives,
+                   samples: int) -> dict:
+    """`vs_<name>_km` with `_ci_low` and `_ci_high`: the median of `errors_km` minus that of
+    each answer in `against` (the same photos answered another way), with its 95% interval
+    that draws the same drives for both (paired_difference_ci)."""
+    out = {}
+    for name, reference_km in against.items():
+        difference, low, high = paired_difference_ci(errors_km, reference_km, drives, samples)
+        out |= {f"vs_{name}_km": difference, f"vs_{name}_km_ci_low": low,
+                f"vs_{name}_km_ci_high": high}
+    return out
+
+
 def drive_draws(codes: np.ndarray, samples: int, seed: int):
     """Bootstrap resamples of whole drives (`codes`: each photo's drive, 0..D-1), in chunks:
     per resample, how often each photo's drive was drawn (D draws with replacement). Chunks

@@ -12,9 +12,9 @@ from geoloc.crossval import (
     cross_validate,
     crossval_metrics,
     drive_folds,
-    paired_difference_ci,
 )
 from geoloc.data.features import FeatureSplit
+from geoloc.metrics import paired_difference_ci
 
 
 def drives(per_city: dict[str, list[int]]) -> pd.DataFrame:

@@ -375,6 +375,29 @@ def test_retrieval_is_scored_beside_the_other_modes_with_the_nearest_photo():
         cells.set_index("label").loc[photos["label"], "lon"]))
 
 
+def test_every_mode_is_read_against_argmax_and_the_nearest_photo_paired_photo_by_photo():
+    """Each mode's median minus argmax's and the nearest photo's on the same test photos,
+    with a paired interval: retrieval, which finds every photo's place, is far better than the
+    untrained classifier (an interval below zero), and equal to the nearest photo (k 1: zero,
+    no difference); place is also read against photo retrieval; the headline carries its own."""
+    cells, index, photos, _ = places_world()
+    cfg = replace(PARAMS.evaluate, mode="retrieval", bootstrap_samples=200)
+    cfg = replace(cfg, retrieval=replace(cfg.retrieval, neighbours=1, within_top_cells=0))
+    result = evaluate(photos(30), cells, cfg, index=index)
+    table = result.predictions
+    retrieval = result.modes["retrieval"]
+    assert retrieval["vs_argmax_km"] == pytest.approx(
+        np.median(table["error_km_retrieval"]) - np.median(table["error_km_argmax"]))
+    assert retrieval["vs_argmax_km_ci_low"] <= retrieval["vs_argmax_km"] \
+        <= retrieval["vs_argmax_km_ci_high"] < 0
+    assert (retrieval["vs_nearest_photo_km"], retrieval["vs_nearest_photo_km_ci_low"],
+            retrieval["vs_nearest_photo_km_ci_high"]) == (0, 0, 0)
+    assert "vs_argmax_km" not in result.modes["argmax"]
+    assert "vs_retrieval_km" in result.modes["place"]
+    assert "vs_retrieval_km" not in retrieval
+    assert result.metrics["vs_argmax_km"] == retrieval["vs_argmax_km"]
+
+
 def test_the_place_mode_answers_the_views_of_a_place_together():
     """Test photos as views of six places (one drive, a view group each): every view gets its
     place's answer, scored per photo beside photo-level retrieval."""
