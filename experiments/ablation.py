@@ -1,7 +1,9 @@
 """The ablation over the default world: queue one DVC experiment per configuration, run them all,
 and write the table of `dvc exp show` (test median and p90 km with their 95% intervals over
 sequences, accuracy, training minutes, the snapshot's size) to experiments/ablation.md, which the
-README quotes.
+lab notebook quotes. Each row also gives the commit it ran on and its median's paired
+difference against the baseline's on the same test photos, with a 95% interval that resamples
+test sequences: "no difference" where that interval spans zero.
 
     python experiments/ablation.py            # queue, run (hours on a 2-core CPU), tabulate
     python experiments/ablation.py --only effnet-pretrained   # run some of them, tabulate
@@ -17,6 +19,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import dvc.api
+import pandas as pd
+
+from geoloc.metrics import paired_difference_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "experiments/ablation.md"
@@ -65,6 +72,9 @@ COLUMNS = [("median km", "metrics/eval.json", "median_km"),
            ("nearest photo median km", "metrics/eval.json", "nearest_photo_median_km"),
            ("training minutes", "metrics/train_time.json", "train_minutes"),
            ("snapshot MB", "metrics/export.json", "snapshot_mb")]
+BASELINE = next(iter(CONFIGS))
+PREDICTIONS = "data/eval/predictions.parquet"
+BOOTSTRAP_SAMPLES = 1000
 
 
 def dvc(*args: str) -> str:
@@ -101,7 +111,7 @@ def table() -> str:
     # Every commit's experiments, newest commit first: a configuration re-run after a change
     # of code is tabulated from its latest run.
     shown = json.loads(dvc("exp", "show", "--all-commits", "--json"))
-    metrics = {}
+    metrics, revs, commits = {}, {}, {}
     for commit in shown:
         for experiment in commit.get("experiments") or []:
             name = experiment.get("name")
@@ -110,8 +120,11 @@ def table() -> str:
             if name in CONFIGS and name not in metrics:
                 metrics[name] = {path: (data.get(path) or {}).get("data", {}) for path in
                                  {c[1] for c in COLUMNS}}
-    lines = ["| experiment | changes | " + " | ".join(c[0] for c in COLUMNS) + " |",
-             "|---|---|" + "---|" * len(COLUMNS)]
+                revs[name], commits[name] = revision.get("rev"), commit["rev"][:7]
+    baseline = predictions(revs[BASELINE]) if BASELINE in revs else None
+    columns = [c[0] for c in COLUMNS] + ["vs baseline median km [95%]", "commit"]
+    lines = ["| experiment | changes | " + " | ".join(columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     kept = previous_rows()
     for name, changes in CONFIGS.items():
         described = ", ".join(f"{k}={v}" for k, v in changes.items()) or "(HEAD's params)"
@@ -119,12 +132,36 @@ def table() -> str:
                   if name in metrics else [])
         if any(v is not None for v in values):   # not one still queued, or failed
             cells = ["n/a" if v is None else f"{v:.3g}" for v in values]
+            paired = ("n/a" if baseline is None
+                      else against_baseline(predictions(revs[name]), baseline))
+            cells += [paired, commits[name]]
         elif name in kept:
-            cells = [kept[name].get(column, "n/a") for column, _, _ in COLUMNS]
+            cells = [kept[name].get(column, "n/a") for column in columns]
         else:
             continue
         lines.append(f"| {name} | {described} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def predictions(rev: str) -> pd.DataFrame:
+    """An experiment's test predictions (evaluate's output), from the DVC cache."""
+    with dvc.api.open(PREDICTIONS, repo=str(ROOT), rev=rev, mode="rb") as file:
+        return pd.read_parquet(file, columns=["image_id", "sequence_id", "error_km"])
+
+
+def against_baseline(run: pd.DataFrame, baseline: pd.DataFrame) -> str:
+    """The run's test median minus the baseline's on the same photos, with its 95% interval
+    over test sequences; a run scored on other test photos (another split) is not paired."""
+    if sorted(run["image_id"]) != sorted(baseline["image_id"]):
+        return "n/a (other test photos)"
+    # In the photos' order, so the bootstrap draws the same drives whatever order they come in.
+    both = run.merge(baseline[["image_id", "error_km"]], on="image_id",
+                     suffixes=("", "_baseline")).sort_values("image_id")
+    difference, low, high = paired_difference_ci(
+        both["error_km"].to_numpy(), both["error_km_baseline"].to_numpy(),
+        both["sequence_id"].fillna(both["image_id"]).to_numpy(), BOOTSTRAP_SAMPLES)
+    text = f"{difference:+.3g} [{low:+.3g}, {high:+.3g}]"
+    return f"no difference: {text}" if low <= 0 <= high else text
 
 
 def figure(data: dict, key: str | tuple[str, ...]):
