@@ -943,6 +943,9 @@ def test_the_class_tables_points_are_the_train_photos_mean_or_the_centre():
                           "center_lon": [5.0, 6.0], "lat": [0.0, 0.0], "lon": [0.0, 0.0],
                           "n_train": [9, 9]})
     train = pd.DataFrame({"label": [0, 0], "lat": [45.1, 45.3], "lon": [5.1, 5.3]})
+    # matched by label, not by row: the same from a table whose index is not the label
+    assert with_points(cells.set_axis([10, 11]), train).reset_index(drop=True).equals(
+        with_points(cells, train))
     table = with_points(cells, train)
     assert table.columns.tolist() == ["label", "center_lat", "center_lon", "lat", "lon",
                                       "n_train"]
@@ -965,3 +968,36 @@ def test_auto_blocks_warn_from_resolution_nine_with_their_area(caplog):
         f"{h3.average_hexagon_area(9, 'km^2'):.3g} km2, so under the spatial protocol photos "
         "tens of metres apart may go to different splits; set it (e.g. to 8) if that protocol "
         "matters")
+
+
+def test_what_one_city_cannot_give_the_next_makes_up():
+    """City a is one drive of 10 photos: it can only go whole to train (7 wanted), which
+    leaves val and test 1.5 photos short each. City b's ten single photos make that up: over
+    both cities the splits hold 14, 3 and 3 photos, the 70/15/15 of 20."""
+    images = pd.DataFrame({"city": ["a"] * 10 + ["b"] * 10})
+    units = pd.Series(["a0"] * 10 + [f"b{i}" for i in range(10)])
+    split = assign_units(images, units, 0.15, 0.15, seed=0)
+    assert split.value_counts().to_dict() == {"train": 14, "val": 3, "test": 3}
+    assert (split[:10] == "train").all()
+
+
+def test_a_fixed_tests_unlisted_twin_is_dropped_and_one_training_photo_makes_a_cell_seen():
+    """Drive d continues the listed test drive b (same creator, 2 s and 11 m on) but is not
+    listed: its 4 photos are dropped beside the fixed test, and nothing else is. b's cell holds
+    a single training photo (drive a), so b's photos are not counted as unseen."""
+    t = 1_600_000_000_000
+    a = drive("a", "ann", t, 45.0, 5.0, frames=1)
+    b = drive("b", "bob", t + 10**6, 45.0, 5.0, frames=3)
+    d = drive("d", "bob", int(b["captured_at"].iloc[-1]) + 2000, 45.0 + 3e-4, 5.0, frames=4)
+    c = drive("c", "cid", t, 46.0, 6.0, frames=5)
+    images = pd.concat([a, b, d, c], ignore_index=True).assign(label=[0] * 8 + [1] * 5)
+    cells = pd.DataFrame({"label": [0, 1], "resolution": [5, 5], "center_lat": [45.0, 46.0],
+                          "center_lon": [5.0, 6.0]})
+    cfg = replace(SPLIT, val_fraction=0.0, protocol="sequence", one_image_per_sequence=False)
+    frames, split_cells, audit = make_splits(images, cells, cfg, frozenset({"b"}))
+    assert set(frames["test"]["sequence_id"]) == {"b"}
+    assert set(frames["train"]["sequence_id"]) == {"a", "c"}
+    assert audit["images_dropped"]["beside_the_fixed_test"] == {"train": 0, "val": 0,
+                                                                 "test": 4}
+    assert split_cells["n_train"].tolist() == [1, 5]
+    assert audit["images_in_cells_without_train_images"] == {"train": 0, "val": 0, "test": 0}
