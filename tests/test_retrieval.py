@@ -206,6 +206,18 @@ def test_within_the_top_cell_skips_cells_without_photos():
     assert retrieval_points(index, query, log_probs, 1, 0)[0].tolist() == [0]
 
 
+def test_a_cell_with_one_training_photo_can_answer():
+    """The likeliest cell holds a single training photo: within the top cell, that photo is
+    the answer."""
+    features, lat, lon, _, directions = photos(n_per_place=4)
+    label = np.array([0, 0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2])   # cell 1: photo 4 alone
+    index = RetrievalIndex.build(features, lat, lon, label, dims=8)
+    log_probs = np.log([[0.2, 0.5, 0.3]])
+    cell, qlat, qlon = retrieval_points(index, directions[[0]] * 3, log_probs, neighbours=3,
+                                        within_top_cells=1)
+    assert cell.tolist() == [1] and (qlat[0], qlon[0]) == (lat[4], lon[4])
+
+
 def test_the_medoid_weighs_each_neighbour_by_its_similarity():
     """Neighbours 0, 1 and 3 km along a meridian with similarities 0.9, 0.05 and 0.8: the
     first costs 0.05 x 1 + 0.8 x 3 = 2.45 km, the second 0.9 x 1 + 0.8 x 2 = 2.5 km; counted
@@ -220,9 +232,41 @@ def test_the_medoid_weighs_each_neighbour_by_its_similarity():
     similarity = np.array([[0.9, 0.05, 0.8], [0.9, -0.5, 0.8], [0.9, 0.8, -np.inf],
                            [0.05, 0.05, 0.05]], dtype=np.float32)
     assert _medoids(index, found, similarity).tolist() == [0, 0, 0, 1]
+    # Two missing neighbours pull towards none of the three found: the middle one stays the
+    # medoid (were they counted as copies of the first, the first would win).
+    assert _medoids(index, np.array([[0, 1, 2, -1, -1]]), np.array(
+        [[0.9, 0.8, 0.8, -np.inf, -np.inf]], dtype=np.float32)).tolist() == [1]
     with pytest.raises(GeolocError, match=r"^retrieval: a query found no training photo \(an "
                                           r"empty cell index\)$"):
         _medoids(index, np.array([[-1, -1]]), np.full((1, 2), -np.inf, np.float32))
+
+
+def test_the_index_centres_on_the_float64_mean_and_stores_float32():
+    """Features far from zero: summed in float32, 20,000 rows would move the mean by about
+    1e-3; the index's mean is the float64 mean, stored (with the components) in float32."""
+    rng = np.random.default_rng(0)
+    features = (1000 + rng.normal(0, 1, (20_000, 4))).astype(np.float32)
+    index = RetrievalIndex.build(features, np.zeros(20_000), np.zeros(20_000),
+                                 np.zeros(20_000, np.int64), dims=2)
+    assert index.mean.dtype == np.float32 and index.components.dtype == np.float32
+    np.testing.assert_allclose(index.mean, features.astype(np.float64).mean(axis=0),
+                               rtol=0, atol=1e-4)
+
+
+def test_a_places_vector_is_the_unit_mean_of_its_views_summed_in_float32():
+    """The views' vectors are stored in float16; a place's vector sums them in float32 (in
+    float16, eight views would lose their third digit), whatever order the places come in."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(40, 16))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+    place = rng.permutation(np.repeat(np.arange(5), 8))
+    index = RetrievalIndex(np.zeros(16, np.float32), np.eye(16, dtype=np.float32), vectors,
+                           np.full(40, 45.0), np.full(40, 5.0), np.zeros(40, np.int64), place)
+    expected = np.stack([vectors[place == p].astype(np.float64).sum(axis=0) for p in range(5)])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    places = index.of_places().vectors
+    assert places.dtype == np.float32
+    np.testing.assert_allclose(places, expected, rtol=0, atol=2e-6)
 
 
 def test_queries_are_answered_a_chunk_at_a_time_as_all_at_once(monkeypatch):
@@ -230,7 +274,9 @@ def test_queries_are_answered_a_chunk_at_a_time_as_all_at_once(monkeypatch):
     index = RetrievalIndex.build(features, lat, lon, label, dims=16)
     rng = np.random.default_rng(2)
     queries = directions[rng.integers(0, 3, 10)] * 3 + rng.normal(0, 2, (10, 64))
-    whole = retrieval_points(index, queries, None, 5, 0)
+    # All at once in the reverse order, then turned back: a chunk left unanswered cannot
+    # inherit the right answers from the memory the last call freed.
+    whole = [answer[::-1] for answer in retrieval_points(index, queries[::-1], None, 5, 0)]
     monkeypatch.setattr("geoloc.retrieval.CHUNK", 3)
     assert all(np.array_equal(a, b) for a, b in zip(
         retrieval_points(index, queries, None, 5, 0), whole, strict=True))
