@@ -59,7 +59,7 @@ screenshot: install
 	$(PY) -m geoloc.web_check --model models/export --out plots/web_demo.png
 
 lint: install
-	$(VENV)/bin/ruff check geoloc stages tests bench
+	$(VENV)/bin/ruff check geoloc stages tests bench experiments docs/hooks
 
 # The manual (docs/, mkdocs.yml) as a site in site/; --strict fails on any warning: a broken
 # link or anchor, a page left out of the nav. tests/test_docs.py runs the same build.
