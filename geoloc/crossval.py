@@ -167,17 +167,18 @@ def crossval_metrics(result: CrossValidation, samples: int) -> dict:
     the nearest photo with its interval (for place retrieval, also against photo retrieval at
     the same settings); the choice `auto` makes from them."""
     drives = result.rows["unit"].to_numpy()
-    reference = result.errors[NEAREST]
+    nearest = {NEAREST: result.errors[NEAREST]}
 
-    def figures(km: np.ndarray) -> dict:
+    def figures(km: np.ndarray, against: dict[str, np.ndarray]) -> dict:
         low, high = bootstrap_ci(km, drives, samples)
         return {**{k: v for k, v in distance_metrics(km).items()
                    if k in ("median_km", "p90_km", "p95_km", "within_1km", "far_200km",
                             "far_500km")},
                 "median_km_ci_low": low, "median_km_ci_high": high,
-                **paired_figures(km, {"nearest_photo": reference}, drives, samples)}
+                **paired_figures(km, against, drives, samples)}
 
-    answers = {answer.name: figures(result.errors[answer.name]) for answer in result.answers}
+    answers = {answer.name: figures(result.errors[answer.name], nearest)
+               for answer in result.answers}
     # The views of a place answered together against each view alone, at the same settings.
     for answer in result.answers:
         if answer.mode == "place":
@@ -190,5 +191,5 @@ def crossval_metrics(result: CrossValidation, samples: int) -> dict:
             "photos_in_cells_without_training_photos": result.unseen,
             "head_epochs": sum(result.epochs),
             "choice": chosen.name, "answers": answers,
-            "references": {name: figures(result.errors[name])
-                           for name in (NEAREST, CENTROID)}}
+            "references": {NEAREST: figures(result.errors[NEAREST], {}),
+                           CENTROID: figures(result.errors[CENTROID], nearest)}}

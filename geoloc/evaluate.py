@@ -101,7 +101,7 @@ def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
                                              errors["sequence"])
     mode_figures = {mode: figures(errors[mode], guesses[mode][0], rows, cfg.bootstrap_samples)
                     | paired_figures(errors[mode], comparisons(mode, errors, references),
-                                     sequences(rows), cfg.bootstrap_samples)
+                                     drives(rows), cfg.bootstrap_samples)
                     for mode in modes}
     headline = mode_figures[cfg.mode]
     metrics = {
@@ -166,14 +166,15 @@ def fit_temperatures(val_logits: np.ndarray, val_rows: pd.DataFrame) -> tuple[fl
 def figures(errors_km: np.ndarray, labels: np.ndarray, rows: pd.DataFrame,
             bootstrap_samples: int) -> dict:
     """The distance figures of one set of predictions, with the 95% intervals of the median
-    and the p90 (resampling sequences), the median per sequence and, where every point is a
+    and the p90 (resampling drives), the median per sequence and, where every point is a
     cell's, the share of images put in their true cell."""
     intervals = {}
     for name, q in (("median_km", 50), ("p90_km", 90)):
-        low, high = bootstrap_ci(errors_km, sequences(rows), bootstrap_samples, q)
+        low, high = bootstrap_ci(errors_km, drives(rows), bootstrap_samples, q)
         intervals |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
+    sequences = rows["sequence_id"].fillna(rows["image_id"]).to_numpy()
     out = {"images": len(rows), **distance_metrics(errors_km), **intervals,
-           "sequence_median_km": sequence_median_km(errors_km, sequences(rows))}
+           "sequence_median_km": sequence_median_km(errors_km, sequences)}
     if (labels >= 0).all():
         out["accuracy"] = float(np.mean(labels == rows["label"].to_numpy()))
     return out
@@ -192,10 +193,12 @@ def comparisons(mode: str, errors: dict[str, np.ndarray],
     return {name: km for name, km in against.items() if name != mode}
 
 
-def sequences(rows: pd.DataFrame) -> np.ndarray:
-    """Each photo's sequence, the unit the test intervals resample (a photo without one is a
-    sequence of its own)."""
-    return rows["sequence_id"].fillna(rows["image_id"]).to_numpy()
+def drives(rows: pd.DataFrame) -> np.ndarray:
+    """Each photo's drive, the unit the test intervals resample: the split's `unit` (its twin
+    group, so a drive uploaded as two sequences counts once; under the spatial protocol its
+    block) where the rows have one, else its sequence, else the photo itself."""
+    drive = rows["unit"] if "unit" in rows else rows["sequence_id"]
+    return drive.fillna(rows["image_id"]).to_numpy()
 
 
 def nearest_photo_km(index: RetrievalIndex, features: np.ndarray,
@@ -241,6 +244,7 @@ def prediction_table(rows: pd.DataFrame, log_probs: np.ndarray, guesses: dict, e
     probs = np.exp(np.take_along_axis(log_probs, top, axis=1))
     table = pd.DataFrame({
         "image_id": rows["image_id"], "sequence_id": rows["sequence_id"],
+        **({"unit": rows["unit"]} if "unit" in rows else {}),
         "captured_at": rows["captured_at"], "city": rows["city"],
         "lat": rows["lat"], "lon": rows["lon"], "label": rows["label"],
         "pred_label": top[:, 0], "confidence": probs[:, 0],

@@ -220,7 +220,7 @@ def _nearest_medoids(index: RetrievalIndex, queries: np.ndarray, log_probs: np.n
         held = np.bincount(index.label, minlength=log_probs.shape[1]) > 0
         ranked = np.where(held, log_probs, -np.inf)
         cells = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
-    photos = np.empty(len(queries), dtype=np.int64)
+    photos = np.full(len(queries), -1, dtype=np.int64)   # -1: none left unanswered unseen
     for start in range(0, len(queries), CHUNK):
         part = slice(start, start + CHUNK)
         found, similarity = index.search(queries[part], neighbours,

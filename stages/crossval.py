@@ -42,11 +42,13 @@ def main() -> None:
     log.info("%d photos of %d drives, %d folds; chosen: %s", metrics["photos"],
              metrics["drives"], metrics["folds"], metrics["choice"])
     for name, figures in {**metrics["answers"], **metrics["references"]}.items():
-        log.info("  %-22s median %.3f km [%.3f, %.3f], p90 %.1f km, vs nearest photo "
-                 "%+.3f km [%+.3f, %+.3f]", name, figures["median_km"],
-                 figures["median_km_ci_low"], figures["median_km_ci_high"], figures["p90_km"],
-                 figures["vs_nearest_photo_km"], figures["vs_nearest_photo_km_ci_low"],
-                 figures["vs_nearest_photo_km_ci_high"])
+        against = ("" if "vs_nearest_photo_km" not in figures else   # the lookup itself
+                   ", vs nearest photo {vs_nearest_photo_km:+.3f} km "
+                   "[{vs_nearest_photo_km_ci_low:+.3f}, {vs_nearest_photo_km_ci_high:+.3f}]"
+                   .format(**figures))
+        log.info("  %-22s median %.3f km [%.3f, %.3f], p90 %.1f km%s", name,
+                 figures["median_km"], figures["median_km_ci_low"],
+                 figures["median_km_ci_high"], figures["p90_km"], against)
 
 
 def pool(args: argparse.Namespace, params) -> FeatureSplit:

@@ -398,6 +398,32 @@ def test_every_mode_is_read_against_argmax_and_the_nearest_photo_paired_photo_by
     assert result.metrics["vs_argmax_km"] == retrieval["vs_argmax_km"]
 
 
+def test_test_intervals_resample_drives_so_a_twin_drive_counts_once():
+    """30 photos of three places in 6 sequences, each of one place, uploaded by 3 drives (the
+    split's `unit`: two sequences of two places each): the intervals, and the paired ones,
+    are a bootstrap over the 3 drives, not the 6 sequences; the median per sequence stays per
+    sequence; the predictions keep the unit."""
+    cells, index, photos, _ = places_world()
+    test = photos(30)
+    place, half = np.arange(30) % 3, np.arange(30) // 3 % 2
+    rows = test.rows.assign(sequence_id=[f"s{p}{h}" for p, h in zip(place, half, strict=True)],
+                            unit=[f"u{u}" for u in (place + half) % 3])
+    cfg = replace(PARAMS.evaluate, mode="argmax", bootstrap_samples=300)
+    result = evaluate(Outputs(rows, test.logits, test.offsets, test.features), cells, cfg,
+                      index=index)
+    errors = result.predictions["error_km_argmax"].to_numpy()
+    by_drive = metrics.bootstrap_ci(errors, rows["unit"], 300)
+    assert (result.metrics["median_km_ci_low"], result.metrics["median_km_ci_high"]) == by_drive
+    assert by_drive != metrics.bootstrap_ci(errors, rows["sequence_id"], 300)
+    paired = metrics.paired_difference_ci(errors, result.predictions["nearest_photo_km"],
+                                          rows["unit"], 300)
+    assert (result.metrics["vs_nearest_photo_km"], result.metrics["vs_nearest_photo_km_ci_low"],
+            result.metrics["vs_nearest_photo_km_ci_high"]) == paired
+    assert result.metrics["sequence_median_km"] == metrics.sequence_median_km(
+        errors, rows["sequence_id"])
+    assert result.predictions["unit"].tolist() == rows["unit"].tolist()
+
+
 def test_the_place_mode_answers_the_views_of_a_place_together():
     """Test photos as views of six places (one drive, a view group each): every view gets its
     place's answer, scored per photo beside photo-level retrieval."""

@@ -148,7 +148,8 @@ def test_repro_writes_every_metric(repo):
     for name, figures in {**crossval["answers"], **crossval["references"]}.items():
         assert figures["median_km_ci_low"] <= figures["median_km"] <= \
             figures["median_km_ci_high"], name
-        assert figures["vs_nearest_photo_km_ci_low"] <= figures["vs_nearest_photo_km_ci_high"]
+        if name != "nearest_photo":   # the lookup the others are read against
+            assert figures["vs_nearest_photo_km_ci_low"] <= figures["vs_nearest_photo_km_ci_high"]
     assert evaluation["choice"] == {"chosen_by": "params"}   # the params name argmax
     train_log = json.loads((repo / "metrics/train/metrics.json").read_text())
     assert "val_median_km" in train_log
