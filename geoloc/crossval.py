@@ -60,11 +60,13 @@ def drive_folds(cities: pd.Series, units: pd.Series, folds: int, seed: int) -> n
     short = city_of_unit.value_counts().sort_index()
     short = short[short < folds]
     if len(short):
-        city, count = short.index[0], int(short.iloc[0])
+        city, count = short.idxmin(), int(short.min())   # the city with the fewest
+        # Folds 1 and 2 are refused (params): below 3, the only setting left is off.
+        setting = f"at most {count}" if count >= MIN_FOLDS else "0 (no cross-validation)"
         raise CrossValidationError(f"crossval.folds is {folds} but the city {city} has "
                                    f"{count} drives (and {len(short)} cities fewer than "
-                                   f"{folds}): set crossval.folds to at most {count}, or "
-                                   f"leave that city out of the batches")
+                                   f"{folds}): set crossval.folds to {setting}, or leave "
+                                   f"that city out of the batches")
     sizes = frame.groupby("unit").size()
     rng = np.random.default_rng(seed)
     fold_of_unit = {}

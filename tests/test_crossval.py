@@ -42,8 +42,13 @@ def test_each_drive_is_in_one_fold_and_each_fold_has_every_city():
     ({"Lyon": [4, 2]}, 3, r"at least 3 drives; the data has 2: set crossval.folds to 0"),
     ({"Lyon": [4, 2], "Nice": [3]}, 5, r"folds is 5 but the data has 3 drives: set "
                                        r"crossval.folds to at most 3"),
-    ({"Lyon": [4, 2, 2], "Nice": [3]}, 3, r"folds is 3 but the city Nice has 1 drives .*"
-                                          r"set crossval.folds to at most 1"),
+    ({"Lyon": [4, 2, 2], "Nice": [3]}, 3, r"folds is 3 but the city Nice has 1 drives \(and 1 "
+                                          r"cities fewer than 3\): set crossval.folds to 0 "
+                                          r"\(no cross-validation\), or leave that city out"),
+    # the city with the fewest drives is named, and the folds it allows
+    ({"Lyon": [1] * 4, "Nice": [1] * 3, "Brest": [1] * 5}, 5,
+     r"the city Nice has 3 drives \(and 2 cities fewer than 5\): set crossval.folds to at "
+     r"most 3, or"),
 ])
 def test_folds_that_cannot_be_made_are_refused_with_the_numbers(per_city, folds, message):
     photos = drives(per_city)
