@@ -20,8 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dvc.api
 import pandas as pd
+from dvc.api import open as dvc_open
 
 from geoloc.evaluate import drives
 from geoloc.metrics import paired_difference_ci
@@ -122,7 +122,8 @@ def table() -> str:
             name = experiment.get("name")
             revision = (experiment.get("revs") or [{}])[0]
             data = (revision.get("data") or {}).get("metrics") or {}
-            if name in CONFIGS and name not in metrics:
+            # A failed run still shows the metrics it started from: never tabulate it.
+            if name in CONFIGS and name not in metrics and not revision.get("error"):
                 metrics[name] = {path: (data.get(path) or {}).get("data", {}) for path in
                                  {c[1] for c in COLUMNS}}
                 revs[name], commits[name] = revision.get("rev"), commit["rev"][:7]
@@ -160,7 +161,7 @@ def predictions(rev: str | None) -> pd.DataFrame | None:
     """An experiment's test predictions (evaluate's output) from the DVC cache, each photo with
     its drive; None where the cache no longer holds them (another clone, `dvc gc`)."""
     try:
-        with dvc.api.open(PREDICTIONS, repo=str(ROOT), rev=rev, mode="rb") as file:
+        with dvc_open(PREDICTIONS, repo=str(ROOT), rev=rev, mode="rb") as file:
             table = pd.read_parquet(file)
     except Exception as error:   # dvc raises several kinds for a missing file or revision
         print(f"{rev}: no {PREDICTIONS} ({error})", file=sys.stderr)

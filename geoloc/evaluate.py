@@ -197,7 +197,9 @@ def drives(rows: pd.DataFrame) -> np.ndarray:
     """Each photo's drive, the unit the test intervals resample: the split's `unit` (its twin
     group, so a drive uploaded as two sequences counts once; under the spatial protocol its
     block) where the rows have one, else its sequence, else the photo itself."""
-    drive = rows["unit"] if "unit" in rows else rows["sequence_id"]
+    drive = rows["sequence_id"]
+    if "unit" in rows:
+        drive = rows["unit"].fillna(drive)
     return drive.fillna(rows["image_id"]).to_numpy()
 
 

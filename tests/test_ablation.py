@@ -1,6 +1,7 @@
 """The ablation table's paired column (experiments/ablation.py)."""
 
 import importlib.util
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -37,5 +38,25 @@ def test_a_run_is_paired_with_the_baseline_on_the_same_photos():
     assert ablation.against_baseline(other, baseline, 1000) == "n/a (other test photos)"
 
 
-def test_predictions_no_longer_in_the_cache_are_none():
+def test_an_experiments_predictions_are_read_from_dvc_with_their_drives(tmp_path, monkeypatch):
+    """A real git and DVC repository: the predictions of a revision come out of the DVC cache,
+    each photo with its drive (its unit, or else its sequence); a revision that is not there
+    gives None."""
+    def run_in(*command):
+        subprocess.run(command, cwd=tmp_path, check=True, capture_output=True)
+
+    run_in("git", "init", "-q")
+    run_in("dvc", "init", "-q")
+    (tmp_path / "data/eval").mkdir(parents=True)
+    pd.DataFrame({"image_id": ["a", "b", "c"], "sequence_id": ["s1", "s2", None],
+                  "unit": ["u1", None, None], "error_km": [1.0, 2.0, 3.0]}).to_parquet(
+        tmp_path / "data/eval/predictions.parquet")
+    run_in("dvc", "add", "-q", "data/eval/predictions.parquet")
+    run_in("git", "add", "-A")
+    run_in("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run")
+    (tmp_path / "data/eval/predictions.parquet").unlink()   # only the cache has it now
+    monkeypatch.setattr(ablation, "ROOT", tmp_path)
+    read = ablation.predictions("HEAD")
+    assert read.to_dict("list") == {"image_id": ["a", "b", "c"], "drive": ["u1", "s2", "c"],
+                                    "error_km": [1.0, 2.0, 3.0]}
     assert ablation.predictions("0" * 40) is None
