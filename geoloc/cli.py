@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -77,11 +79,19 @@ def main(argv: list[str] | None = None) -> int:
                             "or --max-upload-mb where larger)")
     args = parser.parse_args(argv)
     try:
-        return {"predict": _predict, "purge": _purge, "freeze-test": _freeze_test,
-                "serve": _serve}[args.command](args)
+        status = {"predict": _predict, "purge": _purge, "freeze-test": _freeze_test,
+                  "serve": _serve}[args.command](args)
+        sys.stdout.flush()   # here, so that a closed pipe is met inside this try
+        return status
     except GeolocError as exc:
         print(f"geoloc: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader stopped early (`geoloc predict ... | head`): stop quietly, as other
+        # command-line tools do, with the status of a process ended by SIGPIPE. Python's own
+        # last flush must not meet the closed pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def _predict(args) -> int:

@@ -33,6 +33,19 @@ def predict(snapshot, *args) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+def test_a_reader_that_stops_early_ends_the_table_quietly(tiny_snapshot, tmp_path):
+    """`geoloc predict ... | head`: the pipe closes before the table is written; the command
+    stops with SIGPIPE's status and no traceback."""
+    photos = [write_photo(tmp_path / f"p{i}.jpg", i) for i in range(3)]
+    process = subprocess.Popen([sys.executable, "-m", "geoloc.cli", "predict", "--model",
+                                str(tiny_snapshot), *map(str, photos)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    errors = process.stderr.read()
+    assert process.wait(timeout=120) == 141
+    assert "Traceback" not in errors and "BrokenPipe" not in errors, errors
+
+
 def test_columns_stay_aligned_for_long_paths(tiny_snapshot, tmp_path):
     deep = tmp_path / "a folder with a rather long name" / "and another one below it"
     photos = [write_photo(deep / "first photo of the street.jpg", 1),
