@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import io
 import json
 import logging
 import shutil
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +42,27 @@ LATENCY_BATCHES = (1, 32)
 LATENCY_SECONDS = 1.0   # per runtime and batch size, after a warm-up
 
 
+def without_debug_info(path: Path) -> None:
+    """Rewrite a TorchScript archive without its debug pickles, which hold the absolute paths
+    of the traced source files (the bytes would depend on where the repository is checked
+    out, and a fresh clone could not `dvc checkout` a committed export), and with a
+    serialization id made from what is left: the same model gives the same bytes in any
+    clone. torch.jit.load needs neither."""
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()
+                   if not info.filename.endswith(".debug_pkl")]
+    is_id = [info.filename.endswith(".data/serialization_id") for info, _ in entries]
+    digest = hashlib.sha256(b"".join(data for (_, data), skip in zip(entries, is_id, strict=True)
+                                     if not skip)).digest()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for (info, data), replace_id in zip(entries, is_id, strict=True):
+            if replace_id:   # torch's is 40 decimal digits
+                data = str(int.from_bytes(digest[:16], "big")).zfill(40).encode()
+            archive.writestr(info, data)
+    path.write_bytes(buffer.getvalue())
+
+
 def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
                  check_images: np.ndarray, out_dir: Path, opset: int,
                  inference: dict | None = None) -> dict:
@@ -52,6 +76,7 @@ def export_model(model: torch.nn.Module, cells: pd.DataFrame, image_size: int,
     example = torch.from_numpy(np.array(check_images[:2]))
     with torch.no_grad(), _torchscript_deprecation_quiet():
         torch.jit.trace(exported, example).save(str(out_dir / TORCHSCRIPT_NAME))
+    without_debug_info(out_dir / TORCHSCRIPT_NAME)
     write_onnx(exported, example, out_dir / MODEL_NAME, opset, exported.outputs)
     write_cells(cells, out_dir / CELLS_NAME)
     spec = {"format": SNAPSHOT_FORMAT, "image_size": image_size, "num_classes": len(cells),

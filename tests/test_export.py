@@ -3,6 +3,8 @@ stage's ONNX backbone, give what eager PyTorch gives. At 48 px, to stay fast, an
 that does not halve evenly five times, so the Lite variants' "same" padding is exported as
 computed from the input's size."""
 
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -36,6 +38,10 @@ def test_torchscript_and_onnx_give_pytorchs_logits_and_offsets(arch, tmp_path):
     torch.manual_seed(0)
     model = build_model(cfg, len(cells)).eval()
     figures = export_model(model, cells, SIZE, check_images(), tmp_path, opset=18)
+    # No debug records, which name the traced source files by their absolute paths when run
+    # as a stage: the same model gives the same bytes wherever the repository is checked out.
+    with zipfile.ZipFile(tmp_path / "model.ts") as archive:
+        assert not [name for name in archive.namelist() if name.endswith(".debug_pkl")]
     for runtime in ("torchscript", "onnx"):
         assert figures[f"{runtime}_max_abs_diff"] < TOLERANCE, runtime
         assert figures[f"{runtime}_offsets_max_abs_diff"] < TOLERANCE, runtime
