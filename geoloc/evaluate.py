@@ -99,9 +99,10 @@ def evaluate(test: Outputs, cells: pd.DataFrame, cfg: EvaluateParams,
     sequence_calibration = calibration_table(sequence_probs.max(axis=1),
                                              sequence_probs.argmax(axis=1) == labels,
                                              errors["sequence"])
+    drive = drives(rows)
     mode_figures = {mode: figures(errors[mode], guesses[mode][0], rows, cfg.bootstrap_samples)
-                    | paired_figures(errors[mode], comparisons(mode, errors, references),
-                                     drives(rows), cfg.bootstrap_samples)
+                    | paired_figures(errors[mode], comparisons(mode, errors, references), drive,
+                                     cfg.bootstrap_samples)
                     for mode in modes}
     headline = mode_figures[cfg.mode]
     metrics = {
@@ -168,9 +169,9 @@ def figures(errors_km: np.ndarray, labels: np.ndarray, rows: pd.DataFrame,
     """The distance figures of one set of predictions, with the 95% intervals of the median
     and the p90 (resampling drives), the median per sequence and, where every point is a
     cell's, the share of images put in their true cell."""
-    intervals = {}
+    intervals, drive = {}, drives(rows)
     for name, q in (("median_km", 50), ("p90_km", 90)):
-        low, high = bootstrap_ci(errors_km, drives(rows), bootstrap_samples, q)
+        low, high = bootstrap_ci(errors_km, drive, bootstrap_samples, q)
         intervals |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
     sequences = rows["sequence_id"].fillna(rows["image_id"]).to_numpy()
     out = {"images": len(rows), **distance_metrics(errors_km), **intervals,

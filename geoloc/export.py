@@ -48,18 +48,18 @@ def without_debug_info(path: Path) -> None:
     out, and a fresh clone could not `dvc checkout` a committed export), and with a
     serialization id made from what is left: the same model gives the same bytes in any
     clone. torch.jit.load needs neither."""
+    def is_id(info: zipfile.ZipInfo) -> bool:
+        return info.filename.endswith(".data/serialization_id")
+
     with zipfile.ZipFile(path) as archive:
         entries = [(info, archive.read(info)) for info in archive.infolist()
                    if not info.filename.endswith(".debug_pkl")]
-    is_id = [info.filename.endswith(".data/serialization_id") for info, _ in entries]
-    digest = hashlib.sha256(b"".join(data for (_, data), skip in zip(entries, is_id, strict=True)
-                                     if not skip)).digest()
+    digest = hashlib.sha256(b"".join(data for info, data in entries if not is_id(info)))
+    new_id = str(int.from_bytes(digest.digest()[:16], "big")).zfill(40).encode()   # 40 digits
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for (info, data), replace_id in zip(entries, is_id, strict=True):
-            if replace_id:   # torch's is 40 decimal digits
-                data = str(int.from_bytes(digest[:16], "big")).zfill(40).encode()
-            archive.writestr(info, data)
+        for info, data in entries:
+            archive.writestr(info, new_id if is_id(info) else data)
     path.write_bytes(buffer.getvalue())
 
 
