@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 import h3
@@ -92,13 +93,16 @@ def assign_units(images: pd.DataFrame, units: pd.Series, val_fraction: float,
     proportion where its units allow, large units fall where there is room for them, and what
     one city could not give is made up by the next.
     """
-    targets = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction,
-               "test": test_fraction}
+    # Exact shares (0.15 is 3/20, not the float nearest it), so splits that lack equally are
+    # tied and the tie-break settles it, not float rounding.
+    val, test = Fraction(str(val_fraction)), Fraction(str(test_fraction))
+    targets = {"train": 1 - val - test, "val": val, "test": test}
     frame = pd.DataFrame({"unit": units, "city": images["city"]})
     city_of_unit = frame.sort_values(["unit", "city"]).groupby("unit")["city"].first()
     sizes = frame.groupby("unit").size()
     split_of_unit = {}
-    lacking = dict.fromkeys(SPLITS, 0.0)  # carried over: a city's shortfall goes to the next
+    # Carried over: what one city could not give, the next makes up.
+    lacking = dict.fromkeys(SPLITS, Fraction(0))
     for city, city_units in city_of_unit.groupby(city_of_unit):
         rng = np.random.default_rng([seed, stable_hash(city)])
         names = city_units.index.to_numpy()
