@@ -981,8 +981,6 @@ def test_what_one_city_cannot_give_the_next_makes_up():
     assert (split[:10] == "train").all()
 
 
-
-
 def test_splits_that_lack_equally_are_tied_and_the_tie_break_settles_it():
     """Two single photos at 70/20/10: the first goes to train (1.4 wanted), which leaves train
     and val each 0.4 short. In floats train lacks 0.40000000000000013 and would take the second
@@ -992,6 +990,8 @@ def test_splits_that_lack_equally_are_tied_and_the_tie_break_settles_it():
     outcomes = {tuple(sorted(assign_units(images, units, 0.2, 0.1, seed=seed)))
                 for seed in range(20)}
     assert outcomes == {("train", "train"), ("train", "val")}
+
+
 def test_a_fixed_tests_unlisted_twin_is_dropped_and_one_training_photo_makes_a_cell_seen():
     """Drive d continues the listed test drive b (same creator, 2 s and 11 m on) but is not
     listed: its 4 photos are dropped beside the fixed test, and nothing else is. b's cell holds
