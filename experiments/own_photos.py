@@ -107,13 +107,14 @@ def answers_table(results: dict[int, dict]) -> list[str]:
     for name in [*first["answers"], *first["references"]]:
         figures = [{**results[s]["crossval"]["answers"], **results[s]["crossval"][
             "references"]}[name] for s in seeds]
+        # The nearest photo is not paired with itself (nor an answer that is the same lookup).
         verdicts = [("better" if f["vs_nearest_photo_km_ci_high"] < 0 else
                      "worse" if f["vs_nearest_photo_km_ci_low"] > 0 else "same")
-                    for f in figures]
+                    for f in figures if "vs_nearest_photo_km_ci_high" in f]
+        against = (f"{verdicts.count('better')} / {verdicts.count('same')} / "
+                   f"{verdicts.count('worse')}" if verdicts else "(the reference)")
         lines.append(f"| {name} | {np.mean([f['median_km'] for f in figures]):.2f} | "
-                     f"{np.mean([f['p90_km'] for f in figures]):.2f} | "
-                     f"{verdicts.count('better')} / {verdicts.count('same')} / "
-                     f"{verdicts.count('worse')} |")
+                     f"{np.mean([f['p90_km'] for f in figures]):.2f} | {against} |")
     return lines
 
 
