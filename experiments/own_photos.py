@@ -107,7 +107,7 @@ def answers_table(results: dict[int, dict]) -> list[str]:
     for name in [*first["answers"], *first["references"]]:
         figures = [{**results[s]["crossval"]["answers"], **results[s]["crossval"][
             "references"]}[name] for s in seeds]
-        # The nearest photo is not paired with itself (nor an answer that is the same lookup).
+        # The nearest photo is the reference: cross-validation does not pair it with itself.
         verdicts = [("better" if f["vs_nearest_photo_km_ci_high"] < 0 else
                      "worse" if f["vs_nearest_photo_km_ci_low"] > 0 else "same")
                     for f in figures if "vs_nearest_photo_km_ci_high" in f]
