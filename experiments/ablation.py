@@ -112,22 +112,31 @@ def previous_rows() -> dict[str, dict[str, str]]:
             for values in map(cells, rows) if len(values) == len(names)}
 
 
-def table() -> str:
-    # Every commit's experiments, newest commit first: a configuration re-run after a change
-    # of code is tabulated from its latest run.
-    shown = json.loads(dvc("exp", "show", "--all-commits", "--json"))
-    metrics, revs, commits = {}, {}, {}
+def finished_runs(shown: list[dict]) -> dict[str, tuple[dict, str, str]]:
+    """Each configuration's latest finished run in `dvc exp show --all-commits --json`: its
+    metrics by file, its revision and the short commit it ran on. The commits come newest
+    first, so a configuration re-run after a change of code is tabulated from its latest run."""
+    runs = {}
     for commit in shown:
         for experiment in commit.get("experiments") or []:
             name = experiment.get("name")
             revision = (experiment.get("revs") or [{}])[0]
-            data = (revision.get("data") or {}).get("metrics") or {}
-            # A failed run still shows the metrics it started from: never tabulate it.
-            if name in CONFIGS and name not in metrics and not revision.get("error"):
-                metrics[name] = {path: (data.get(path) or {}).get("data", {}) for path in
-                                 {c[1] for c in COLUMNS}}
-                revs[name], commits[name] = revision.get("rev"), commit["rev"][:7]
-    baseline = predictions(revs[BASELINE]) if BASELINE in revs else None
+            data = revision.get("data") or {}
+            # A failed, queued or running experiment shows the metrics it started from; only
+            # a finished run has been committed, with a timestamp.
+            if (name not in CONFIGS or name in runs or revision.get("error")
+                    or not data.get("timestamp")):
+                continue
+            files = data.get("metrics") or {}
+            metrics = {path: (files.get(path) or {}).get("data", {})
+                       for path in {c[1] for c in COLUMNS}}
+            runs[name] = (metrics, revision.get("rev"), commit["rev"][:7])
+    return runs
+
+
+def table() -> str:
+    runs = finished_runs(json.loads(dvc("exp", "show", "--all-commits", "--json")))
+    baseline = predictions(runs[BASELINE][1]) if BASELINE in runs else None
     samples = load_params(ROOT / "params.yaml").evaluate.bootstrap_samples
     columns = [c[0] for c in COLUMNS] + ["vs baseline median km [95%]", "commit"]
     lines = ["| experiment | changes | " + " | ".join(columns) + " |",
@@ -135,19 +144,19 @@ def table() -> str:
     kept = previous_rows()
     for name, changes in CONFIGS.items():
         described = ", ".join(f"{k}={v}" for k, v in changes.items()) or "(HEAD's params)"
-        values = ([figure(metrics[name][path], key) for _, path, key in COLUMNS]
-                  if name in metrics else [])
-        if any(v is not None for v in values):   # not one still queued, or failed
+        metrics, rev, commit = runs.get(name, ({}, None, None))
+        values = [figure(metrics.get(path, {}), key) for _, path, key in COLUMNS]
+        if any(v is not None for v in values):
             cells = ["n/a" if v is None else f"{v:.3g}" for v in values]
             if name == BASELINE:
                 paired = "(the baseline)"
             elif baseline is None:
                 paired = "n/a (no baseline run)"
             else:
-                run = predictions(revs[name])
+                run = predictions(rev)
                 paired = ("n/a (its predictions are not in the DVC cache)" if run is None
                           else against_baseline(run, baseline, samples))
-            cells += [paired, commits[name]]
+            cells += [paired, commit]
         elif name in kept:   # as it was run then, with the changes it was run with
             described = kept[name]["changes"]
             cells = [kept[name].get(column, "n/a") for column in columns]

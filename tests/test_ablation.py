@@ -60,3 +60,30 @@ def test_an_experiments_predictions_are_read_from_dvc_with_their_drives(tmp_path
     assert read.to_dict("list") == {"image_id": ["a", "b", "c"], "drive": ["u1", "s2", "c"],
                                     "error_km": [1.0, 2.0, 3.0]}
     assert ablation.predictions("0" * 40) is None
+
+
+def test_only_finished_runs_are_tabulated_and_the_newest_commit_wins():
+    """`dvc exp show --all-commits --json` in the shape dvc 3 writes it: a running experiment
+    (revision data "workspace", no timestamp) and a failed one show the metrics they started
+    from, so neither is tabulated; a configuration run on two commits is taken from the newer."""
+    def experiment(name, median, timestamp="2026-12-05T03:04:44", error=None, rev="r"):
+        data = {"rev": rev if timestamp else "workspace", "timestamp": timestamp, "meta": {},
+                "metrics": {"metrics/eval.json": {"data": {"median_km": median}}}}
+        return {"name": name, "revs": [{"rev": rev, "name": name, "error": error,
+                                        "experiments": None, "data": data}]}
+
+    shown = [{"rev": "newer" + "0" * 35, "experiments": [
+                 experiment("baseline-cnn", 1.06, rev="b"),
+                 experiment("effnet-pretrained", 1.06, timestamp=None, rev="running"),
+                 experiment("lite1-pretrained", 1.06, error={"msg": "failed"}, rev="failed"),
+                 experiment("cnn-auto", 1.03, rev="auto-new")]},
+             {"rev": "older" + "0" * 35, "experiments": [
+                 experiment("effnet-pretrained", 0.954, rev="effnet-old"),
+                 experiment("cnn-auto", 0.99, rev="auto-old"),
+                 experiment("not-a-configuration", 5.0)]}]
+    runs = ablation.finished_runs(shown)
+    assert {name: (run[0]["metrics/eval.json"]["median_km"], run[1], run[2])
+            for name, run in runs.items()} == {
+        "baseline-cnn": (1.06, "b", "newer00"),
+        "effnet-pretrained": (0.954, "effnet-old", "older00"),
+        "cnn-auto": (1.03, "auto-new", "newer00")}
