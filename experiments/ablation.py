@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 from dvc.api import open as dvc_open
@@ -112,10 +113,16 @@ def previous_rows() -> dict[str, dict[str, str]]:
             for values in map(cells, rows) if len(values) == len(names)}
 
 
-def finished_runs(shown: list[dict]) -> dict[str, tuple[dict, str, str]]:
-    """Each configuration's latest finished run in `dvc exp show --all-commits --json`: its
-    metrics by file, its revision and the short commit it ran on. The commits come newest
-    first, so a configuration re-run after a change of code is tabulated from its latest run."""
+class Run(NamedTuple):
+    metrics: dict    # by metrics file
+    rev: str         # the experiment's revision
+    commit: str      # the short commit it ran on
+
+
+def finished_runs(shown: list[dict]) -> dict[str, Run]:
+    """Each configuration's latest finished run in `dvc exp show --all-commits --json`. The
+    commits come newest first, so a configuration re-run after a change of code is tabulated
+    from its latest run."""
     runs = {}
     for commit in shown:
         for experiment in commit.get("experiments") or []:
@@ -130,13 +137,13 @@ def finished_runs(shown: list[dict]) -> dict[str, tuple[dict, str, str]]:
             files = data.get("metrics") or {}
             metrics = {path: (files.get(path) or {}).get("data", {})
                        for path in {c[1] for c in COLUMNS}}
-            runs[name] = (metrics, revision.get("rev"), commit["rev"][:7])
+            runs[name] = Run(metrics, revision.get("rev"), commit["rev"][:7])
     return runs
 
 
 def table() -> str:
     runs = finished_runs(json.loads(dvc("exp", "show", "--all-commits", "--json")))
-    baseline = predictions(runs[BASELINE][1]) if BASELINE in runs else None
+    baseline = predictions(runs[BASELINE].rev) if BASELINE in runs else None
     samples = load_params(ROOT / "params.yaml").evaluate.bootstrap_samples
     columns = [c[0] for c in COLUMNS] + ["vs baseline median km [95%]", "commit"]
     lines = ["| experiment | changes | " + " | ".join(columns) + " |",
@@ -144,7 +151,7 @@ def table() -> str:
     kept = previous_rows()
     for name, changes in CONFIGS.items():
         described = ", ".join(f"{k}={v}" for k, v in changes.items()) or "(HEAD's params)"
-        metrics, rev, commit = runs.get(name, ({}, None, None))
+        metrics, rev, commit = runs.get(name, Run({}, None, None))
         values = [figure(metrics.get(path, {}), key) for _, path, key in COLUMNS]
         if any(v is not None for v in values):
             cells = ["n/a" if v is None else f"{v:.3g}" for v in values]

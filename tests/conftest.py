@@ -1,4 +1,5 @@
 import dataclasses
+import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,6 +11,14 @@ from PIL import Image
 from geoloc.params import Params, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: str):
+    """A script of the repository (experiments/ are scripts, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_addoption(parser):

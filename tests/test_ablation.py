@@ -1,16 +1,12 @@
 """The ablation table's paired column (experiments/ablation.py)."""
 
-import importlib.util
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments/ablation.py"
-spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
-ablation = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ablation)
+ablation = load_script("experiments/ablation.py")
 
 
 def run(errors_km: np.ndarray, photos: int = 120) -> pd.DataFrame:

@@ -1,14 +1,11 @@
 """The table experiments/own_photos.py writes, from the metrics files one preset run leaves
 (the default world's committed ones stand in for a region's)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("own_photos", ROOT / "experiments/own_photos.py")
-own_photos = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(own_photos)
+from conftest import ROOT, load_script
+
+own_photos = load_script("experiments/own_photos.py")
 
 
 def test_every_answer_has_a_row_and_the_nearest_photo_is_the_reference():
